@@ -1,0 +1,83 @@
+# Caracal: a C host embedding Lua 5.4 with a PostgreSQL data layer.
+#
+#   make            build/caracal, build/libcaracal.{a,so}, build/caracal/core.so
+#   make deps       install the Debian packages the project needs (no-op when present)
+#   make run        deps, build, local database, migrate, quick-start example
+#   make check      deps, build, every test against a throwaway cluster
+#   make SANITIZE=1 ...   everything built with -fsanitize=address,undefined
+#   make valgrind   the host under valgrind's leak checker
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+
+CC      ?= cc
+LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_LIBS   := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+PG_CFLAGS  := -I$(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(LUA_CFLAGS) $(PG_CFLAGS) -Isrc
+LDLIBS  := -lpq -luuid -lcrypto -lpthread -lm
+
+ifeq ($(SANITIZE),1)
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+# The library: every src/*.c except the host's own entry points.
+HOST_SRC := src/main.c src/repl.c
+LIB_SRC  := $(filter-out $(HOST_SRC),$(wildcard src/*.c))
+LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+HOST_OBJ := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(wildcard $(HOST_SRC)))
+HEADERS  := $(wildcard src/*.h)
+
+C_TESTS  := $(patsubst spec/c/%.c,$(BUILD)/tests/%,$(wildcard spec/c/test_*.c))
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+
+.PHONY: all deps run check test valgrind clean install bench
+
+all: $(BUILD)/caracal $(BUILD)/libcaracal.a $(BUILD)/libcaracal.so $(BUILD)/caracal/core.so \
+     $(C_TESTS) $(EXAMPLES)
+
+$(BUILD)/obj/%.o: src/%.c $(HEADERS) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -DCARACAL_LUA_DIR='"$(abspath lua)"' -DCARACAL_MIGRATIONS_DIR='"$(abspath migrations)"' -c -o $@ $<
+
+$(BUILD)/obj $(BUILD)/caracal $(BUILD)/tests $(BUILD)/examples:
+	mkdir -p $@
+
+$(BUILD)/libcaracal.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libcaracal.so: $(LIB_OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LDLIBS)
+
+# The same core as a Lua C module for stock lua5.4 and busted. Lua symbols
+# come from the interpreter that loads it, so liblua is not linked in.
+$(BUILD)/caracal/core.so: $(LIB_OBJ) | $(BUILD)/caracal
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/caracal: $(HOST_OBJ) $(BUILD)/libcaracal.a
+	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(BUILD)/libcaracal.a $(LUA_LIBS) -lreadline $(LDLIBS)
+
+$(BUILD)/tests/%: spec/c/%.c spec/c/tap.h $(BUILD)/libcaracal.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcaracal.a $(LUA_LIBS) $(LDLIBS)
+
+$(BUILD)/examples/%: examples/%.c $(BUILD)/libcaracal.a | $(BUILD)/examples
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcaracal.a $(LUA_LIBS) $(LDLIBS)
+
+deps:
+	@sh .ci/deps.sh
+
+run: deps all
+	@sh examples/run.sh
+
+check test: deps all
+	@bash spec/run.sh
+
+valgrind: deps all
+	@VALGRIND=1 bash spec/run.sh host
+
+clean:
+	rm -rf $(BUILD)

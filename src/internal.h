@@ -1,0 +1,165 @@
+/*
+ * internal.h: what the C files of Caracal share with each other and with
+ * nobody else. Cross-file helpers carry a short prefix naming their file:
+ * pool_ (pool.c), url_ (url.c), dec_ (decimal.c), inst_ (instant.c),
+ * uuid_ (uuid.c), json_ (json.c), err_ (error.c), res_ (result.c),
+ * param_ (params.c), stmt_ (stmtcache.c), lconn_ (lconn.c).
+ */
+#ifndef CARACAL_INTERNAL_H
+#define CARACAL_INTERNAL_H
+
+#include <stdint.h>
+#include <stdbool.h>
+#include <pthread.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "caracal.h"
+
+#define CARACAL_UNUSED(x) ((void)(x))
+
+/* Metatable names, so Lua's own argument errors name our types. */
+#define CARACAL_POOL_MT "caracal.Pool"
+#define CARACAL_CONN_MT "caracal.Connection"
+#define CARACAL_ERROR_MT "caracal.Error"
+#define CARACAL_DECIMAL_MT "caracal.Decimal"
+#define CARACAL_INSTANT_MT "caracal.Instant"
+
+/* ---- pool.c / conn internals ------------------------------------------ */
+
+typedef struct StmtCache StmtCache;
+
+struct caracal_Conn {
+  PGconn *pg;
+  caracal_Pool *pool;
+  double created_at;     /* pool clock */
+  double expires_at;     /* created_at + recycle - jitter; 0 = never */
+  double checked_out_at;
+  struct caracal_Conn *prev, *next; /* in-use list, for the timeout message */
+  StmtCache *stmts;      /* prepared statements on this PGconn (stmtcache.c) */
+  bool in_use;
+  bool invalid;          /* close instead of reusing */
+  bool dirty;            /* session state changed: full reset on return */
+  char holder[160];
+};
+
+/* ---- stmtcache.c -------------------------------------------------------- */
+
+void stmt_cache_free(StmtCache *cache);
+
+/* ---- url.c: connection URLs and secrets -------------------------------- */
+
+/* One libpq keyword/value pair parsed from a URL. */
+typedef struct UrlParam {
+  char *key;
+  char *value;
+} UrlParam;
+
+/*
+ * Parse a postgresql:// or postgres:// URL into libpq keywords (host,
+ * port, dbname, user, password and every query parameter as given).
+ * Percent-escapes are decoded; multi-host lists (h1:p1,h2:p2) and
+ * bracketed IPv6 hosts are accepted. On error returns -1 and writes a
+ * message into err that never contains the password. The caller frees
+ * the result with url_free.
+ */
+int url_parse(const char *url, UrlParam **out, int *count, char *err, size_t errlen);
+void url_free(UrlParam *params, int count);
+
+/* ---- decimal.c: exact decimals ------------------------------------------ */
+
+/* Push a Decimal parsed from text ("-12.340", "1e-3", NUMERIC output).
+ * Raises a Lua error naming the value when it is not a number. */
+void dec_push_string(lua_State *L, const char *s, size_t len);
+/* Push a Decimal decoded from PostgreSQL's binary NUMERIC format; returns
+ * 0, or -1 when buf is malformed (nothing pushed). NaN is rejected. */
+int dec_push_pgbinary(lua_State *L, const char *buf, int len);
+/* Is the value at idx a Decimal? */
+bool dec_is(lua_State *L, int idx);
+/* Push the exact text of the Decimal at idx (as tostring); returns it. */
+const char *dec_push_text(lua_State *L, int idx, size_t *len);
+/* Does the Decimal at idx fit NUMERIC(precision, scale) without rounding
+ * away digits beyond the scale? 1 yes, 0 no (why gets the reason). */
+int dec_fits(lua_State *L, int idx, int precision, int scale, char *why, size_t whylen);
+void dec_open(lua_State *L); /* adds Decimal functions to the table on top */
+
+/* ---- instant.c: UTC instants, microsecond precision --------------------- */
+
+/* Microseconds since 1970-01-01T00:00:00Z. */
+void inst_push(lua_State *L, int64_t micros);
+bool inst_is(lua_State *L, int idx);
+int64_t inst_get(lua_State *L, int idx); /* raises when not an Instant */
+/* Parse ISO 8601 ("2024-01-02T03:04:05.123456Z", "+02:00" offsets, a space
+ * instead of T, no offset meaning UTC, PostgreSQL's "+02" form). 0 on
+ * success, -1 on a malformed or out-of-range value. */
+int inst_parse(const char *s, size_t len, int64_t *out);
+/* Format for PostgreSQL parameters: "2024-01-02 03:04:05.123456+00". */
+size_t inst_format_pg(int64_t micros, char *buf, size_t buflen);
+/* PostgreSQL's binary timestamp epoch (2000-01-01) in Unix microseconds. */
+#define INST_PG_EPOCH_US INT64_C(946684800000000)
+void inst_open(lua_State *L);
+
+/* ---- uuid.c ------------------------------------------------------------- */
+
+/* Normalise a UUID in any usual form (any case, braces, urn:uuid:, no
+ * hyphens) to 36 lowercase hyphenated characters plus NUL. 0 ok, -1 bad. */
+int uuid_normalize(const char *s, size_t len, char out[37]);
+/* Format 16 raw bytes (PostgreSQL's binary uuid) as lowercase hyphenated. */
+void uuid_format(const unsigned char raw[16], char out[37]);
+void uuid_open(lua_State *L);
+
+/* ---- json.c: JSONB through lua-cjson ----------------------------------- */
+
+/* Decode JSON text and push the value (arrays keep an array marker so an
+ * empty array encodes back as []); raises on bad JSON. */
+void json_push_decoded(lua_State *L, const char *s, size_t len);
+/* Encode the value at idx as JSON; pushes and returns the text. */
+const char *json_push_encoded(lua_State *L, int idx, size_t *len);
+void json_open(lua_State *L);
+
+/* ---- error.c: structured database errors ------------------------------- */
+
+/* Push a caracal.Error built from a failed result (or, when res is NULL,
+ * from the connection's error message: a lost connection). sql may be
+ * NULL. The message is redacted with the connection's password. */
+void err_push_result(lua_State *L, PGconn *pg, const PGresult *res, const char *sql);
+/* Push a caracal.Error with only a message and a SQLSTATE-like code. */
+void err_push_simple(lua_State *L, const char *sqlstate, const char *message);
+/* Add chunk:line of the calling Lua code to the error on top of stack. */
+void err_set_where(lua_State *L, int level);
+void err_open(lua_State *L);
+
+/* ---- result.c / params.c ------------------------------------------------ */
+
+/* Push a result's rows as an array of tables keyed by column name. */
+void res_push_rows(lua_State *L, const PGresult *res, bool binary);
+/* Does every column of the described statement have a binary decoder? */
+bool res_binary_ok(const PGresult *desc);
+
+/* Convert the Lua values at [first, first+n) into text parameters.
+ * Strings are kept as they are (a NUL byte is an error: text cannot hold
+ * it), integers exactly, floats with all their digits, booleans as t/f,
+ * Decimals, Instants exactly, tables as JSON. nil is NULL. Raises a Lua
+ * error naming the parameter on a value it cannot send. */
+typedef struct Params {
+  int n;
+  const char **values;
+  int *lengths;
+  int *formats;
+} Params;
+void param_collect(lua_State *L, int first, int n, Params *p);
+
+/* ---- lconn.c / lpool.c: Lua bindings ------------------------------------ */
+
+void lpool_open(lua_State *L);
+void lconn_open(lua_State *L);
+/* Push a Lua handle to an existing pool (takes a new reference). */
+void lpool_push(lua_State *L, caracal_Pool *pool);
+
+/* Registry keys (addresses of these objects) for per-state context. */
+extern const char CARACAL_REG_JSON;    /* the private cjson instance */
+extern const char CARACAL_REG_OPTIONS; /* caracal_Options copy */
+
+#endif /* CARACAL_INTERNAL_H */
