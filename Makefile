@@ -1,6 +1,7 @@
 # Caracal: a C host embedding Lua 5.4 with a PostgreSQL data layer.
 #
-#   make            build/caracal, build/libcaracal.{a,so}, build/caracal/core.so
+#   make            build/caracal, build/libcaracal.{a,so}, build/lua/caracal/core.so
+#                   (the module sits under build/lua/ because build/caracal is the host)
 #   make deps       install the Debian packages the project needs (no-op when present)
 #   make run        deps, build, local database, migrate, quick-start example
 #   make check      deps, build, every test against a throwaway cluster
@@ -9,7 +10,12 @@
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
-BUILD   ?= build
+# A sanitized build lives apart so the two never mix objects.
+ifeq ($(SANITIZE),1)
+  BUILD ?= build/sanitize
+else
+  BUILD ?= build
+endif
 
 CC      ?= cc
 LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
@@ -38,13 +44,13 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 
 .PHONY: all deps run check test valgrind clean install bench
 
-all: $(BUILD)/caracal $(BUILD)/libcaracal.a $(BUILD)/libcaracal.so $(BUILD)/caracal/core.so \
+all: $(BUILD)/caracal $(BUILD)/libcaracal.a $(BUILD)/libcaracal.so $(BUILD)/lua/caracal/core.so \
      $(C_TESTS) $(EXAMPLES)
 
 $(BUILD)/obj/%.o: src/%.c $(HEADERS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -DCARACAL_LUA_DIR='"$(abspath lua)"' -DCARACAL_MIGRATIONS_DIR='"$(abspath migrations)"' -c -o $@ $<
 
-$(BUILD)/obj $(BUILD)/caracal $(BUILD)/tests $(BUILD)/examples:
+$(BUILD)/obj $(BUILD)/lua/caracal $(BUILD)/tests $(BUILD)/examples:
 	mkdir -p $@
 
 $(BUILD)/libcaracal.a: $(LIB_OBJ)
@@ -55,7 +61,7 @@ $(BUILD)/libcaracal.so: $(LIB_OBJ)
 
 # The same core as a Lua C module for stock lua5.4 and busted. Lua symbols
 # come from the interpreter that loads it, so liblua is not linked in.
-$(BUILD)/caracal/core.so: $(LIB_OBJ) | $(BUILD)/caracal
+$(BUILD)/lua/caracal/core.so: $(LIB_OBJ) | $(BUILD)/lua/caracal
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/caracal: $(HOST_OBJ) $(BUILD)/libcaracal.a
@@ -74,10 +80,10 @@ run: deps all
 	@sh examples/run.sh
 
 check test: deps all
-	@bash spec/run.sh
+	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) bash spec/run.sh
 
 valgrind: deps all
-	@VALGRIND=1 bash spec/run.sh host
+	@BUILD=$(BUILD) VALGRIND=1 bash spec/run.sh c host
 
 clean:
 	rm -rf $(BUILD)

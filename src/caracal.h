@@ -146,7 +146,7 @@ void caracal_conn_mark_dirty(caracal_Conn *conn);
  * package.path, and the global `caracal`. Options may be NULL.
  */
 typedef struct caracal_Options {
-  const char *lua_dir;        /* where lua/caracal/*.lua live; NULL: built-in path */
+  const char *lua_dir;        /* folder holding caracal/db.lua etc.; NULL: built-in */
   const char *migrations_dir; /* NULL: built-in path */
   caracal_Pool *pool;         /* optional pool shared with other states */
   caracal_LogFn log;

@@ -38,15 +38,36 @@ struct caracal_Conn {
   double expires_at;     /* created_at + recycle - jitter; 0 = never */
   double checked_out_at;
   struct caracal_Conn *prev, *next; /* in-use list, for the timeout message */
+  struct caracal_Conn *next_parked; /* returned by a finalizer, awaiting reset */
   StmtCache *stmts;      /* prepared statements on this PGconn (stmtcache.c) */
   bool in_use;
+  bool parked;
   bool invalid;          /* close instead of reusing */
   bool dirty;            /* session state changed: full reset on return */
   char holder[160];
 };
 
-/* ---- stmtcache.c -------------------------------------------------------- */
+/* ---- stmtcache.c: prepared statements per connection ------------------- */
 
+/* A statement prepared on one connection, with what Describe told us. */
+typedef struct Stmt {
+  char name[24];
+  char *sql;
+  int nparams;
+  Oid *param_types;
+  bool binary; /* every result column has a binary decoder */
+  struct Stmt *next, *lru_prev, *lru_next;
+  unsigned hash;
+} Stmt;
+
+/* Find or prepare (PQprepare + PQdescribePrepared) the statement for sql.
+ * On a server error returns NULL and *failed holds the result (caller
+ * clears it); on a lost connection NULL with *failed NULL. */
+Stmt *stmt_get(caracal_Conn *c, const char *sql, PGresult **failed);
+/* Forget one statement (the server rejected it as stale) or all of them
+ * (the server dropped them: DISCARD ALL, DEALLOCATE ALL). */
+void stmt_forget(caracal_Conn *c, Stmt *s);
+void stmt_forget_all(caracal_Conn *c);
 void stmt_cache_free(StmtCache *cache);
 
 /* ---- url.c: connection URLs and secrets -------------------------------- */
@@ -117,6 +138,8 @@ void uuid_open(lua_State *L);
 void json_push_decoded(lua_State *L, const char *s, size_t len);
 /* Encode the value at idx as JSON; pushes and returns the text. */
 const char *json_push_encoded(lua_State *L, int idx, size_t *len);
+/* Give the table at idx the array marker (encodes as [] even when empty). */
+void json_array_mark(lua_State *L, int idx);
 void json_open(lua_State *L);
 
 /* ---- error.c: structured database errors ------------------------------- */
@@ -149,7 +172,10 @@ typedef struct Params {
   int *lengths;
   int *formats;
 } Params;
-void param_collect(lua_State *L, int first, int n, Params *p);
+/* types: the statement's parameter types from Describe (NULL: unknown),
+ * used to send tables as JSON or arrays, bytea in binary, and to refuse a
+ * float where a NUMERIC is expected. Storage lives on the Lua stack. */
+void param_collect(lua_State *L, int first, int n, const Oid *types, Params *p);
 
 /* ---- lconn.c / lpool.c: Lua bindings ------------------------------------ */
 
@@ -157,6 +183,10 @@ void lpool_open(lua_State *L);
 void lconn_open(lua_State *L);
 /* Push a Lua handle to an existing pool (takes a new reference). */
 void lpool_push(lua_State *L, caracal_Pool *pool);
+caracal_Pool *lpool_get(lua_State *L, int idx);
+/* Push a handle owning a checked-out connection; the value at pool_idx
+ * (the pool handle) is kept alive as long as the connection. */
+void lconn_push(lua_State *L, caracal_Conn *conn, int pool_idx);
 
 /* Registry keys (addresses of these objects) for per-state context. */
 extern const char CARACAL_REG_JSON;    /* the private cjson instance */

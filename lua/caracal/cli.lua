@@ -1,0 +1,274 @@
+--- The `caracal` command line. `main(argv)` returns the exit code:
+-- 0 success, 1 failure, 2 usage error.
+-- @module caracal.cli
+local core = require "caracal.core"
+local db = require "caracal.db"
+
+local M = {}
+
+M.usage = [==[
+Usage: caracal [OPTIONS] [SCRIPT [ARGS...]]
+       caracal [OPTIONS] run FILE... [-- ARGS...]
+       caracal [OPTIONS] -e CODE
+       caracal COMMAND [--help]
+
+Runs Lua scripts with a PostgreSQL data layer in scope: `caracal` (the
+API), `db` (a connection manager, connected on first use) and `arg`.
+With no script and stdin not a terminal, the script is read from stdin.
+
+Options:
+  -e CODE              run CODE (may be given several times)
+  --url URL            database URL (overrides CARACAL_DATABASE_URL)
+  --config FILE        a Lua config file returning DatabaseConfig settings
+  --single-transaction run all scripts in one transaction (with `run`)
+  --help               this help
+  --version            print the version
+
+Commands:
+  run FILE...          run scripts in order
+  health               exit 0 when the database answers, 1 otherwise
+  status               database URL (password masked), server, pool
+  local start|stop|status|destroy
+                       the local cluster in .caracal/ (CARACAL_HOME)
+
+Without --url, CARACAL_DATABASE_URL or a config file, Caracal starts and
+uses a local cluster in ./.caracal (created on first use).
+]==]
+
+local function stderr(fmt, ...)
+  io.stderr:write(string.format(fmt, ...))
+end
+
+-- Parse the global options; returns opts, the rest of argv.
+local function parse(argv)
+  local opts = { code = {} }
+  local rest = {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    if a == "-e" then
+      if not argv[i + 1] then return nil, "option -e needs an argument" end
+      opts.code[#opts.code + 1] = argv[i + 1]
+      i = i + 2
+    elseif a == "--url" or a == "--config" then
+      local v = argv[i + 1]
+      if not v then return nil, "option " .. a .. " needs an argument" end
+      opts[a:sub(3)] = v
+      i = i + 2
+    elseif a:match("^%-%-url=") then opts.url = a:sub(7); i = i + 1
+    elseif a:match("^%-%-config=") then opts.config = a:sub(10); i = i + 1
+    elseif a == "--single-transaction" then opts.single = true; i = i + 1
+    elseif a == "--help" or a == "-h" then opts.help = true; i = i + 1
+    elseif a == "--version" or a == "-v" then opts.version = true; i = i + 1
+    elseif a == "-" then rest[#rest + 1] = a; i = i + 1
+    elseif a:sub(1, 1) == "-" and #rest == 0 then
+      return nil, "unknown option " .. a
+    else
+      for j = i, #argv do rest[#rest + 1] = argv[j] end
+      break
+    end
+  end
+  return opts, rest
+end
+
+--- The manager for this command line's options (made on first use).
+function M.manager(opts)
+  if not M._manager then
+    if opts.url then
+      M._manager = db.initialize_connection_manager({ url = opts.url })
+    elseif opts.config then
+      M._manager = db.initialize_connection_manager(nil, { config_file = opts.config })
+    else
+      M._manager = db.initialize_connection_manager()
+    end
+  end
+  return M._manager
+end
+
+-- The globals a script sees: the standard ones, `caracal`, and `db`, a
+-- manager made when a script first touches it (a script that does not
+-- use the database does not start one).
+local function script_env(opts, args)
+  local env = setmetatable({ arg = args }, {
+    __index = function(t, k)
+      if k == "db" then
+        local m = M.manager(opts)
+        rawset(t, "db", m)
+        return m
+      end
+      return _G[k]
+    end,
+  })
+  return env
+end
+
+local function load_chunk(src, name, env)
+  -- Text only: a binary chunk can crash the interpreter.
+  local fn, err = load(src, name, "t", env)
+  if not fn then return nil, err end
+  return fn
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local src = f:read("a")
+  f:close()
+  if src:sub(1, 1) == "#" then src = "--" .. src end -- shebang line
+  return src
+end
+
+local function run_chunks(opts, chunks, args)
+  local env = script_env(opts, args)
+  local fns = {}
+  for i, c in ipairs(chunks) do
+    local fn, err = load_chunk(c.src, c.name, env)
+    if not fn then
+      stderr("caracal: %s\n", err)
+      return 1
+    end
+    fns[i] = fn
+  end
+  local function run_all()
+    for _, fn in ipairs(fns) do fn(table.unpack(args)) end
+  end
+  local ok, err
+  if opts.single then
+    local manager = M.manager(opts)
+    local session = manager:session()
+    env.session = session
+    ok, err = xpcall(function() session:session_scope(function() run_all() end) end, M.traceback)
+    session:close()
+  else
+    ok, err = xpcall(run_all, M.traceback)
+  end
+  if not ok then
+    stderr("%s\n", M.format_error(err))
+    return 1
+  end
+  return 0
+end
+
+--- Message handler: structured errors stay as they are.
+function M.traceback(err)
+  if core.is_error(err) then return err end
+  return debug.traceback(tostring(err), 2)
+end
+
+--- One readable block for any error value.
+function M.format_error(err)
+  if core.is_error(err) then return tostring(err) end
+  return tostring(err)
+end
+
+local commands = {}
+
+function commands.health(opts, args)
+  if args[1] == "--help" then
+    io.write("Usage: caracal health\nExit 0 when the database answers SELECT 1, 1 otherwise.\n")
+    return 0
+  end
+  local ok, manager = pcall(M.manager, opts)
+  if not ok then
+    stderr("caracal: %s\n", M.format_error(manager))
+    return 1
+  end
+  local healthy = manager:health_check()
+  io.write(healthy and "ok\n" or "unhealthy\n")
+  return healthy and 0 or 1
+end
+
+function commands.status(opts, args)
+  if args[1] == "--help" then
+    io.write("Usage: caracal status [--json]\nDatabase URL (password masked), server version and pool status.\n")
+    return 0
+  end
+  local manager = M.manager(opts)
+  local info = { url = manager.config:masked_url() }
+  local ok, err = pcall(function()
+    manager:session_scope(function(s)
+      info.server_version = s:scalar("show server_version")
+    end)
+  end)
+  info.healthy = ok
+  if not ok then info.error = tostring(err) end
+  info.pool = manager:get_pool_status()
+  if args[1] == "--json" then
+    io.write(core.json_encode(info), "\n")
+  else
+    io.write(string.format("database: %s\n", info.url))
+    io.write(string.format("server:   %s\n", info.server_version or ("unreachable: " .. tostring(info.error))))
+    local p = info.pool
+    io.write(string.format("pool:     size %d, checked in %d, checked out %d, overflow %d, total %d\n",
+      p.size, p.checked_in, p.checked_out, p.overflow, p.total))
+  end
+  return ok and 0 or 1
+end
+
+commands["local"] = function(_, args)
+  return require("caracal.localdb").main(args)
+end
+
+function commands.run(opts, args)
+  if args[1] == "--help" then
+    io.write("Usage: caracal run [--single-transaction] FILE... [-- ARGS...]\n" ..
+             "Runs the scripts in order, each with `arg` set to ARGS.\n")
+    return 0
+  end
+  local files, sargs, after = {}, {}, false
+  for _, a in ipairs(args) do
+    if after then sargs[#sargs + 1] = a
+    elseif a == "--" then after = true
+    elseif a == "--single-transaction" then opts.single = true
+    else files[#files + 1] = a end
+  end
+  if #files == 0 then
+    stderr("caracal: run needs at least one FILE\n")
+    return 2
+  end
+  local chunks = {}
+  for _, f in ipairs(files) do
+    local src, err = read_file(f)
+    if not src then
+      stderr("caracal: cannot read %s\n", err)
+      return 1
+    end
+    chunks[#chunks + 1] = { src = src, name = "@" .. f }
+  end
+  return run_chunks(opts, chunks, sargs)
+end
+
+--- Entry point. argv[0] is the program name.
+function M.main(argv)
+  local opts, rest = parse(argv)
+  if not opts then
+    stderr("caracal: %s\nTry 'caracal --help'.\n", rest)
+    return 2
+  end
+  if opts.help and #rest == 0 then io.write(M.usage) return 0 end
+  if opts.version then io.write("caracal ", core.version, "\n") return 0 end
+  local cmd = rest[1]
+  if cmd and commands[cmd] then
+    local args = { table.unpack(rest, 2) }
+    if opts.help then table.insert(args, 1, "--help") end
+    return commands[cmd](opts, args)
+  end
+  if #opts.code > 0 then
+    local chunks = {}
+    for i, c in ipairs(opts.code) do chunks[i] = { src = c, name = "=(command line)" } end
+    return run_chunks(opts, chunks, rest)
+  end
+  if cmd == "-" or (not cmd) then
+    if not cmd and M.isatty and M.isatty() and M.repl then return M.repl(opts) end
+    local src = io.read("a") or ""
+    return run_chunks(opts, { { src = src, name = "=stdin" } }, { table.unpack(rest, 2) })
+  end
+  local src, err = read_file(cmd)
+  if not src then
+    stderr("caracal: cannot open %s\n", err)
+    return 1
+  end
+  return run_chunks(opts, { { src = src, name = "@" .. cmd } }, { table.unpack(rest, 2) })
+end
+
+return M

@@ -1,0 +1,154 @@
+/*
+ * stmtcache.c: prepared statements cached per connection.
+ *
+ * Every parameterised statement is prepared once per connection and then
+ * executed by name: the server parses and plans it once, parameters never
+ * touch the SQL text, and Describe tells us the parameter and result types
+ * up front, so results can come back in binary and be decoded in C.
+ *
+ * The cache is a hash table with an LRU list, bounded at STMT_CACHE_MAX;
+ * the least recently used statement is deallocated on the server when the
+ * bound is reached. It lives and dies with its PGconn: a replaced
+ * connection starts empty.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define STMT_CACHE_MAX 256
+#define STMT_BUCKETS 512
+
+struct StmtCache {
+  Stmt *buckets[STMT_BUCKETS];
+  Stmt *lru_head, *lru_tail; /* head = most recently used */
+  int count;
+  unsigned long next_id;
+};
+
+static unsigned hash_sql(const char *s) {
+  unsigned h = 2166136261u; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static void lru_unlink(StmtCache *c, Stmt *s) {
+  if (s->lru_prev) s->lru_prev->lru_next = s->lru_next;
+  else c->lru_head = s->lru_next;
+  if (s->lru_next) s->lru_next->lru_prev = s->lru_prev;
+  else c->lru_tail = s->lru_prev;
+  s->lru_prev = s->lru_next = NULL;
+}
+
+static void lru_push_front(StmtCache *c, Stmt *s) {
+  s->lru_prev = NULL;
+  s->lru_next = c->lru_head;
+  if (c->lru_head) c->lru_head->lru_prev = s;
+  c->lru_head = s;
+  if (!c->lru_tail) c->lru_tail = s;
+}
+
+static void stmt_free(Stmt *s) {
+  free(s->sql);
+  free(s->param_types);
+  free(s);
+}
+
+/* Remove from the table and the LRU list, without touching the server. */
+static void cache_remove(StmtCache *c, Stmt *s) {
+  Stmt **pp = &c->buckets[s->hash % STMT_BUCKETS];
+  while (*pp && *pp != s) pp = &(*pp)->next;
+  if (*pp) *pp = s->next;
+  lru_unlink(c, s);
+  c->count--;
+  stmt_free(s);
+}
+
+void stmt_forget(caracal_Conn *conn, Stmt *s) {
+  if (conn->stmts && s) cache_remove(conn->stmts, s);
+}
+
+void stmt_forget_all(caracal_Conn *conn) {
+  stmt_cache_free(conn->stmts);
+  conn->stmts = NULL;
+}
+
+void stmt_cache_free(StmtCache *c) {
+  if (!c) return;
+  Stmt *s = c->lru_head;
+  while (s) {
+    Stmt *next = s->lru_next;
+    stmt_free(s);
+    s = next;
+  }
+  free(c);
+}
+
+/* Column types we decode from binary; anything else makes the whole
+ * result come back as text (libpq has one format switch per result). */
+static bool stmt_describe(Stmt *s, const PGresult *desc) {
+  s->nparams = PQnparams(desc);
+  if (s->nparams > 0) {
+    s->param_types = malloc((size_t)s->nparams * sizeof *s->param_types);
+    if (!s->param_types) return false;
+    for (int i = 0; i < s->nparams; i++) s->param_types[i] = PQparamtype(desc, i);
+  }
+  s->binary = res_binary_ok(desc);
+  return true;
+}
+
+Stmt *stmt_get(caracal_Conn *conn, const char *sql, PGresult **failed) {
+  *failed = NULL;
+  if (!conn->stmts) {
+    conn->stmts = calloc(1, sizeof *conn->stmts);
+    if (!conn->stmts) return NULL;
+  }
+  StmtCache *c = conn->stmts;
+  unsigned h = hash_sql(sql);
+  for (Stmt *s = c->buckets[h % STMT_BUCKETS]; s; s = s->next) {
+    if (s->hash == h && strcmp(s->sql, sql) == 0) {
+      if (c->lru_head != s) {
+        lru_unlink(c, s);
+        lru_push_front(c, s);
+      }
+      return s;
+    }
+  }
+
+  if (c->count >= STMT_CACHE_MAX) {
+    Stmt *old = c->lru_tail;
+    char dealloc[48];
+    snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", old->name);
+    PQclear(PQexec(conn->pg, dealloc));
+    cache_remove(c, old);
+  }
+
+  Stmt *s = calloc(1, sizeof *s);
+  if (!s || !(s->sql = strdup(sql))) {
+    free(s);
+    return NULL;
+  }
+  s->hash = h;
+  snprintf(s->name, sizeof s->name, "caracal_%lu", ++c->next_id);
+
+  PGresult *r = PQprepare(conn->pg, s->name, sql, 0, NULL);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    *failed = r;
+    stmt_free(s);
+    return NULL;
+  }
+  PQclear(r);
+  r = PQdescribePrepared(conn->pg, s->name);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK || !stmt_describe(s, r)) {
+    *failed = r;
+    stmt_free(s);
+    return NULL;
+  }
+  PQclear(r);
+  s->next = c->buckets[h % STMT_BUCKETS];
+  c->buckets[h % STMT_BUCKETS] = s;
+  lru_push_front(c, s);
+  c->count++;
+  return s;
+}
