@@ -9,6 +9,7 @@
  *   ERROR 23505: duplicate key value violates unique constraint "..."
  *   DETAIL: Key (name)=(a) already exists.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
@@ -172,13 +173,15 @@ static int error_new(lua_State *L) {
   if (lua_getfield(L, 1, "message") != LUA_TSTRING)
     return luaL_argerror(L, 1, "field 'message' must be a string");
   lua_pop(L, 1);
-  if (lua_getfield(L, 1, "retryable") == LUA_TNIL) {
-    lua_getfield(L, 1, "sqlstate");
-    const char *s = lua_tostring(L, -1);
-    lua_pop(L, 1);
-    set_retryable(L, s);
-  }
+  int has_retryable = lua_getfield(L, 1, "retryable") != LUA_TNIL;
   lua_pop(L, 1);
+  if (!has_retryable) {
+    lua_getfield(L, 1, "sqlstate");
+    char state[6] = "";
+    if (lua_type(L, -1) == LUA_TSTRING) snprintf(state, sizeof state, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    set_retryable(L, state);
+  }
   luaL_setmetatable(L, CARACAL_ERROR_MT);
   return 1;
 }

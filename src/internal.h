@@ -40,12 +40,21 @@ struct caracal_Conn {
   struct caracal_Conn *prev, *next; /* in-use list, for the timeout message */
   struct caracal_Conn *next_parked; /* returned by a finalizer, awaiting reset */
   StmtCache *stmts;      /* prepared statements on this PGconn (stmtcache.c) */
+  /* Server notices (NOTICE, WARNING) buffered for the borrower: libpq
+   * calls the receiver in the middle of a result, where we must not raise
+   * or print. Oldest dropped beyond CARACAL_MAX_NOTICES. */
+  char *notices[16];
+  int nnotices;
   bool in_use;
   bool parked;
   bool invalid;          /* close instead of reusing */
   bool dirty;            /* session state changed: full reset on return */
   char holder[160];
 };
+
+#define CARACAL_MAX_NOTICES 16
+/* Free the buffered notices of a connection. */
+void pool_clear_notices(caracal_Conn *c);
 
 /* ---- stmtcache.c: prepared statements per connection ------------------- */
 

@@ -265,6 +265,22 @@ static int conn_cancel(lua_State *L) {
   return 1;
 }
 
+/* conn:notices() -> the server's notices since the last call, oldest first
+ * (each "NOTICE:  ..." as psql prints it, without the final newline). */
+static int conn_notices(lua_State *L) {
+  LConn *c = check_conn(L, 1);
+  caracal_Conn *conn = c->conn;
+  lua_createtable(L, conn->nnotices, 0);
+  for (int i = 0; i < conn->nnotices; i++) {
+    size_t n = strlen(conn->notices[i]);
+    while (n > 0 && conn->notices[i][n - 1] == '\n') n--;
+    lua_pushlstring(L, conn->notices[i], n);
+    lua_rawseti(L, -2, i + 1);
+  }
+  pool_clear_notices(conn);
+  return 1;
+}
+
 static int conn_invalidate(lua_State *L) {
   caracal_conn_invalidate(check_conn(L, 1)->conn);
   return 0;
@@ -319,6 +335,7 @@ static const luaL_Reg conn_methods[] = {
   {"user", conn_user},
   {"quote_ident", conn_quote_ident},
   {"cancel", conn_cancel},
+  {"notices", conn_notices},
   {"invalidate", conn_invalidate},
   {"mark_dirty", conn_mark_dirty},
   {"release", conn_release},

@@ -184,8 +184,28 @@ caracal_Pool *caracal_pool_retain(caracal_Pool *p) {
 
 /* ---- connections ---------------------------------------------------------- */
 
+void pool_clear_notices(caracal_Conn *c) {
+  for (int i = 0; i < c->nnotices; i++) free(c->notices[i]);
+  c->nnotices = 0;
+}
+
+/* libpq's notice receiver: keep the message for the borrower to read. */
+static void notice_receiver(void *arg, const PGresult *res) {
+  caracal_Conn *c = arg;
+  const char *msg = PQresultErrorMessage(res);
+  if (!msg) return;
+  if (c->nnotices == CARACAL_MAX_NOTICES) {
+    free(c->notices[0]);
+    memmove(c->notices, c->notices + 1, sizeof c->notices[0] * (CARACAL_MAX_NOTICES - 1));
+    c->nnotices--;
+  }
+  char *copy = strdup(msg);
+  if (copy) c->notices[c->nnotices++] = copy;
+}
+
 static void conn_destroy(caracal_Conn *c) {
   if (!c) return;
+  pool_clear_notices(c);
   if (c->pg) PQfinish(c->pg);
   stmt_cache_free(c->stmts);
   free(c);
@@ -213,6 +233,7 @@ static caracal_Conn *conn_open(caracal_Pool *p, char *err, size_t errlen) {
   }
   c->pg = pg;
   c->pool = p;
+  PQsetNoticeReceiver(pg, notice_receiver, c);
   return c;
 }
 
@@ -455,6 +476,7 @@ void caracal_pool_checkin(caracal_Conn *c) {
   bool dead = c->invalid || PQstatus(c->pg) != CONNECTION_OK;
   bool keep = !dead && conn_reset(p, c);
 
+  pool_clear_notices(c);
   pthread_mutex_lock(&p->mu);
   c->in_use = false;
   c->holder[0] = '\0';

@@ -54,6 +54,7 @@ local function integer(min, max)
   return function(key, v)
     if math.type(v) ~= "integer" or v < min or (max and v > max) then
       local range = max and string.format("between %d and %d", min, max) or (">= " .. min)
+      if key == "max_overflow" then range = ">= 0 (or -1 for no limit)" end
       fail("%s must be an integer %s, got %s", key, range, show(v))
     end
     return v
@@ -129,7 +130,7 @@ end
 local FIELDS = {
   url = text(), host = text(), port = port, database = text(63), user = text(63),
   password = secret,
-  pool_size = integer(1, 100000), max_overflow = integer(-1, 100000),
+  pool_size = integer(1), max_overflow = integer(-1),
   pool_timeout = seconds(0), pool_recycle = seconds(-1), pool_pre_ping = boolean,
   reset_on_return = one_of(RESETS, "'auto', 'always', 'none'"),
   echo = boolean, application_name = text(63), sslmode = one_of(SSLMODES,

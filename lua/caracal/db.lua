@@ -165,6 +165,13 @@ function Session:execute_script(sql)
   return self.conn:exec_script(sql)
 end
 
+--- Notices the server sent (NOTICE, WARNING) since the last call.
+-- @treturn table list of messages as psql prints them
+function Session:notices()
+  if not self.conn or self.conn:released() then return {} end
+  return self.conn:notices()
+end
+
 --- The transaction state: "none" (no transaction open), "idle",
 -- "in_transaction", "failed" or "lost".
 function Session:transaction_state()
@@ -357,18 +364,20 @@ M.ConnectionManager = Manager
 
 local current
 
---- Make the connection manager (and make it the current one).
--- With no argument the configuration comes from, in order,
+--- Make a connection manager without making it the current one.
+-- With no configuration: a pool the embedding host shared
+-- (`caracal_Options.pool`) when there is one; else, in order,
 -- `CARACAL_DATABASE_URL`, the config file (`$CARACAL_CONFIG` or
 -- ./caracal.config.lua), then the local cluster (started when needed).
 -- @tparam[opt] DatabaseConfig|table cfg
+-- @tparam[opt] table opts `config_file`: an explicit config file
 -- @treturn ConnectionManager
-function M.initialize_connection_manager(cfg, opts)
+function M.create_connection_manager(cfg, opts)
   opts = opts or {}
   if cfg ~= nil then
     cfg = config.DatabaseConfig(cfg)
   elseif core.shared_pool and not opts.config_file then
-    cfg = nil
+    cfg = nil -- the host's pool
   else
     cfg = config.resolve(opts.config_file)
     if not cfg then
@@ -386,6 +395,15 @@ function M.initialize_connection_manager(cfg, opts)
     manager.owns_pool = false
     manager.config = config.DatabaseConfig {}
   end
+  return manager
+end
+
+--- Make the connection manager and make it the current one (the one
+-- `get_connection_manager` returns); a previous current one is closed.
+-- Arguments as `create_connection_manager`.
+-- @treturn ConnectionManager
+function M.initialize_connection_manager(cfg, opts)
+  local manager = M.create_connection_manager(cfg, opts)
   if current and current ~= manager then current:close() end
   current = manager
   return manager

@@ -654,12 +654,17 @@ function M.start(opts)
   end)
 end
 
---- Stop the local database (fast shutdown); fine when it is not running.
--- @param opts optional table: `home`
+--- Stop the local database; fine when it is not running.
+-- @param opts optional table: `home`, `mode` ("fast", the default, or
+-- "immediate", which simulates a crash, or "smart")
 -- @return info table (see `status`) with `running` false and `was_running`
 -- @raise an error with pg_ctl's output when the server does not stop
 function M.stop(opts)
   opts = opts or {}
+  local mode = opts.mode or "fast"
+  if mode ~= "fast" and mode ~= "immediate" and mode ~= "smart" then
+    error("localdb: stop mode must be fast, immediate or smart, got " .. tostring(mode), 0)
+  end
   local home = M.home(opts.home)
   local L = layout(home)
   if not test("-d", home) or not L.exists then
@@ -673,7 +678,7 @@ function M.stop(opts)
     if pi then
       local ctx = server_ctx(L)
       local bin = find_bin(L)
-      must(as(ctx, table.concat({ q(bin.pg_ctl), "stop", "-D", q(L.data), "-m", "fast",
+      must(as(ctx, table.concat({ q(bin.pg_ctl), "stop", "-D", q(L.data), "-m", mode,
         "-w", "-t", "60" }, " ")), "pg_ctl stop")
     end
     local info = info_of(L, nil)
@@ -713,7 +718,7 @@ function M.destroy(opts)
     if pi then
       local ctx = server_ctx(L)
       local bin = find_bin(L)
-      must(as(ctx, table.concat({ q(bin.pg_ctl), "stop", "-D", q(L.data), "-m", "fast",
+      must(as(ctx, table.concat({ q(bin.pg_ctl), "stop", "-D", q(L.data), "-m", "immediate",
         "-w", "-t", "60" }, " ")), "pg_ctl stop")
     end
     local function remove(path)
