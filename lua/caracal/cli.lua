@@ -85,10 +85,11 @@ function M.manager(opts)
   return M._manager
 end
 
--- The globals a script sees: the standard ones, `caracal`, and `db`, a
--- manager made when a script first touches it (a script that does not
--- use the database does not start one).
+-- The globals a script sees: the standard ones, `caracal`, the models
+-- (`Principal{...}` ...), and `db`, a manager made when a script first
+-- touches it (a script that does not use the database does not start one).
 local function script_env(opts, args)
+  local models = require "caracal.models"
   local env = setmetatable({ arg = args }, {
     __index = function(t, k)
       if k == "db" then
@@ -96,7 +97,9 @@ local function script_env(opts, args)
         rawset(t, "db", m)
         return m
       end
-      return _G[k]
+      local v = _G[k]
+      if v == nil and type(k) == "string" then v = rawget(models, k) end
+      return v
     end,
   })
   return env

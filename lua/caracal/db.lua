@@ -298,6 +298,7 @@ function Session:__tostring()
   return string.format("caracal.Session (%s)", self:transaction_state())
 end
 
+require("caracal.unitofwork").install(Session)
 M.Session = Session
 
 ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 -- Values: `Decimal`, `Instant`, `utcnow`, `uuid4`, `uuid`, `null`,
 -- `json_encode`, `json_decode`, `json_array`. Database: `DatabaseConfig`,
 -- `initialize_connection_manager`, `get_connection_manager`,
--- `close_connection_manager`. Each submodule can also be required alone
+-- `close_connection_manager`. Models: `Principal`, `ExecutionMandate`,
+-- `LedgerEvent`, `AuthorityLedgerEvent`, `AuthorityPolicy`, `MerkleRoot`,
+-- `LedgerSnapshot`, `AuditLog`. Each submodule can also be required alone
 -- (`caracal.db`, `caracal.config`, `caracal.localdb`).
 -- @module caracal
 local core = require "caracal.core"
@@ -21,5 +23,9 @@ for _, name in ipairs({ "DatabaseConfig", "initialize_connection_manager",
                         "get_connection_manager", "close_connection_manager" }) do
   M[name] = db[name]
 end
+
+-- The models, by name (caracal.Principal{...}) and as a module.
+M.models = require "caracal.models"
+for _, name in ipairs(M.models.names()) do M[name] = M.models[name] end
 
 return M

@@ -1,0 +1,247 @@
+--- The session's unit of work for model objects: `add`, `flush`, `get`,
+-- `query`, `update`, `delete`. Loaded by `caracal.db`, it adds these
+-- methods to `Session`.
+--
+--    manager:session_scope(function(s)
+--      local p = Principal{name = "a", principal_type = "agent", owner = "o"}
+--      s:add(p)
+--      s:add(LedgerEvent{agent_id = p.principal_id, resource_type = "x", quantity = "1", cost = "0.03"})
+--    end)  -- flushed in order and committed; event_id is set on the event
+--
+-- Objects are validated when added and again when written, so a bad
+-- object never reaches the server and a failed flush writes nothing the
+-- scope keeps. Ledger models (LedgerEvent, AuthorityLedgerEvent, AuditLog)
+-- are append-only: `update` and `delete` refuse them.
+-- @module caracal.unitofwork
+local core = require "caracal.core"
+local models = require "caracal.models"
+local schema = require "caracal.schema"
+
+local M = {}
+
+-- Statement texts are built once per table and cached: the connection's
+-- prepared-statement cache keys on the text.
+local insert_sql, select_pk_sql = {}, {}
+
+local function q(name) return '"' .. name:gsub('"', '""') .. '"' end
+
+local function insert_statement(tbl)
+  local sql = insert_sql[tbl.name]
+  if sql then return sql, tbl.insert_cols end
+  local cols, marks = {}, {}
+  for _, c in ipairs(tbl.columns) do
+    if not c.serial then
+      cols[#cols + 1] = c
+      marks[#marks + 1] = "$" .. #cols
+    end
+  end
+  local names = {}
+  for i, c in ipairs(cols) do names[i] = q(c.name) end
+  sql = string.format("INSERT INTO %s (%s) VALUES (%s) RETURNING *", q(tbl.name),
+                      table.concat(names, ", "), table.concat(marks, ", "))
+  insert_sql[tbl.name], tbl.insert_cols = sql, cols
+  return sql, cols
+end
+
+local function need_table(v, what)
+  local tbl = models.table_of(v)
+  if not tbl then
+    error(string.format("bad argument #1 to '%s' (model object expected, got %s)", what,
+                        type(v) == "table" and "a table" or type(v)), 3)
+  end
+  return tbl
+end
+
+local function need_model(model, what)
+  if type(model) == "string" then
+    local tbl = schema.by_model[model]
+    if tbl then return tbl end
+  end
+  local tbl = models.table_of(model)
+  if not tbl then error(string.format("bad argument #1 to '%s' (model expected)", what), 3) end
+  return tbl
+end
+
+--- Queue an object for writing at the next flush or commit.
+-- @param obj a model object
+-- @return obj
+function M.add(self, obj)
+  local tbl = need_table(obj, "add")
+  models.validate(tbl, obj)
+  self.pending[#self.pending + 1] = obj
+  return obj
+end
+
+--- Queue several objects, in order.
+function M.add_all(self, list)
+  for _, obj in ipairs(list) do M.add(self, obj) end
+  return list
+end
+
+--- Write every queued object, in order. Keys the server generates
+-- (`event_id`, `log_id`) and its normalised values (NUMERIC scale, ...)
+-- are set on the objects. On failure nothing of the flush is kept: it runs
+-- inside a savepoint, and the queue is left as it was.
+function M.flush(self)
+  local pending = self.pending
+  if #pending == 0 then return end
+  for _, obj in ipairs(pending) do models.validate(models.table_of(obj), obj) end
+  self.pending = {}
+  local ok, err = pcall(self.session_scope, self, function(s)
+    for _, obj in ipairs(pending) do
+      local tbl = models.table_of(obj)
+      local sql, cols = insert_statement(tbl)
+      local args = {}
+      for i, c in ipairs(cols) do args[i] = rawget(obj, c.attr) end
+      local rows = s.conn:execute(sql, table.unpack(args, 1, #cols))
+      local row = rows[1]
+      for _, c in ipairs(tbl.columns) do
+        local v = row[c.name]
+        if c.json == "array" and type(v) == "table" then v = core.json_array(v) end
+        rawset(obj, c.attr, v)
+      end
+    end
+  end)
+  if not ok then
+    self.pending = pending
+    error(err, 0)
+  end
+end
+
+--- The object with this primary key, or nil.
+-- @param model a model class (or its name)
+-- @param pk the primary key value
+function M.get(self, model, pk)
+  local tbl = need_model(model, "get")
+  local sql = select_pk_sql[tbl.name]
+  if not sql then
+    sql = string.format("SELECT * FROM %s WHERE %s = $1", q(tbl.name), q(tbl.primary_key.name))
+    select_pk_sql[tbl.name] = sql
+  end
+  local row = self:first(sql, pk)
+  return row and models.from_row(tbl, row) or nil
+end
+
+local OPS = { ["="] = "=", ["=="] = "=", ["!="] = "<>", ["<>"] = "<>", ["<"] = "<", ["<="] = "<=",
+              [">"] = ">", [">="] = ">=", like = "LIKE", ilike = "ILIKE" }
+
+--- Objects of a model matching filters.
+-- @param model a model class (or its name)
+-- @tparam[opt] table filters `{field = value}` for equality,
+-- `{field = {">=", value}}` for another operator (= != < <= > >= like
+-- ilike in), `{field = caracal.null}` for IS NULL
+-- @tparam[opt] table opts `order_by` ("field" or "field desc", or a list),
+-- `limit`, `offset`
+-- @treturn table list of objects
+function M.query(self, model, filters, opts)
+  local tbl = need_model(model, "query")
+  opts = opts or {}
+  local where, args = {}, {}
+  local keys = {}
+  for k in pairs(filters or {}) do keys[#keys + 1] = k end
+  table.sort(keys) -- one statement text per filter shape
+  for _, attr in ipairs(keys) do
+    local col = tbl.by_attr[attr]
+    if not col then error(string.format("%s has no field '%s'", tbl.model, tostring(attr)), 2) end
+    local v = filters[attr]
+    local op = "="
+    if type(v) == "table" and not getmetatable(v) and type(v[1]) == "string" and v[2] ~= nil then
+      op, v = v[1], v[2]
+    end
+    if v == core.null then
+      where[#where + 1] = q(col.name) .. " IS NULL"
+    elseif op == "in" then
+      args[#args + 1] = v
+      where[#where + 1] = string.format("%s = ANY($%d)", q(col.name), #args)
+    else
+      local sqlop = OPS[op]
+      if not sqlop then error(string.format("unknown operator '%s' for %s.%s", tostring(op), tbl.model, attr), 2) end
+      args[#args + 1] = v
+      where[#where + 1] = string.format("%s %s $%d", q(col.name), sqlop, #args)
+    end
+  end
+  local sql = "SELECT * FROM " .. q(tbl.name)
+  if #where > 0 then sql = sql .. " WHERE " .. table.concat(where, " AND ") end
+  local order = opts.order_by
+  if order then
+    if type(order) == "string" then order = { order } end
+    local parts = {}
+    for i, o in ipairs(order) do
+      local attr, dir = o:match("^%s*([%w_]+)%s*(%a*)%s*$")
+      local col = attr and tbl.by_attr[attr]
+      dir = (dir or ""):lower()
+      if not col or (dir ~= "" and dir ~= "asc" and dir ~= "desc") then
+        error(string.format("bad order_by '%s' for %s", tostring(o), tbl.model), 2)
+      end
+      parts[i] = q(col.name) .. (dir ~= "" and (" " .. dir:upper()) or "")
+    end
+    sql = sql .. " ORDER BY " .. table.concat(parts, ", ")
+  end
+  if opts.limit then
+    args[#args + 1] = math.tointeger(opts.limit) or error("limit must be an integer", 2)
+    sql = sql .. " LIMIT $" .. #args
+  end
+  if opts.offset then
+    args[#args + 1] = math.tointeger(opts.offset) or error("offset must be an integer", 2)
+    sql = sql .. " OFFSET $" .. #args
+  end
+  local rows = self:execute(sql, table.unpack(args, 1, #args))
+  local out = {}
+  for i, row in ipairs(rows) do out[i] = models.from_row(tbl, row) end
+  return out
+end
+
+local function refuse_ledger(tbl, what)
+  if tbl.append_only then
+    error(core.Error { kind = "append_only", model = tbl.model,
+      message = string.format("%s is append-only: ledger rows cannot be %s", tbl.model, what) }, 3)
+  end
+end
+
+--- Change fields of a stored object (not for ledger models).
+-- @param obj a model object already stored
+-- @tparam table changes `{field = value}`
+function M.update(self, obj, changes)
+  local tbl = need_table(obj, "update")
+  refuse_ledger(tbl, "updated")
+  local candidate = {}
+  for k, v in pairs(obj) do candidate[k] = v end
+  for k, v in pairs(changes) do candidate[k] = v end
+  models.validate(tbl, candidate)
+  local sets, args = {}, {}
+  local keys = {}
+  for k in pairs(changes) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, attr in ipairs(keys) do
+    local col = tbl.by_attr[attr]
+    if col.primary_key then error(tbl.model .. ": the primary key cannot be changed", 2) end
+    args[#args + 1] = candidate[attr]
+    sets[#sets + 1] = string.format("%s = $%d", q(col.name), #args)
+  end
+  if #sets == 0 then return obj end
+  args[#args + 1] = rawget(obj, tbl.primary_key.attr)
+  local sql = string.format("UPDATE %s SET %s WHERE %s = $%d RETURNING *", q(tbl.name),
+                            table.concat(sets, ", "), q(tbl.primary_key.name), #args)
+  local row = self:first(sql, table.unpack(args, 1, #args))
+  if not row then error(tbl.model .. ": no stored row with this primary key", 2) end
+  for _, c in ipairs(tbl.columns) do rawset(obj, c.attr, row[c.name]) end
+  return obj
+end
+
+--- Delete a stored object (not for ledger models).
+function M.delete(self, obj)
+  local tbl = need_table(obj, "delete")
+  refuse_ledger(tbl, "deleted")
+  local sql = string.format("DELETE FROM %s WHERE %s = $1", q(tbl.name), q(tbl.primary_key.name))
+  local _, count = self:execute(sql, rawget(obj, tbl.primary_key.attr))
+  return count
+end
+
+--- Install the methods on a Session class.
+function M.install(Session)
+  for _, name in ipairs({ "add", "add_all", "flush", "get", "query", "update", "delete" }) do
+    Session[name] = M[name]
+  end
+end
+
+return M
