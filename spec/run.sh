@@ -12,11 +12,12 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD=${BUILD:-build}
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 suites=("$@")
 [ ${#suites[@]} -eq 0 ] && suites=(unit c db host)
 out=$ROOT/spec/.out
 mkdir -p "$out"
-export CARACAL_BIN=$ROOT/$BUILD/caracal
+export CARACAL_BIN=$BUILD/caracal
 export CARACAL_ROOT=$ROOT
 
 # Busted and stock lua5.4 load the same core the host links.
@@ -83,7 +84,7 @@ run_busted() {
   [ -d "spec/$dir" ] || return 0
   ls spec/"$dir"/*_spec.lua >/dev/null 2>&1 || return 0
   local log=$out/$dir.tap
-  "${LUA[@]}" /usr/bin/busted --cpath="$ROOT/$BUILD/lua/?.so;" -o TAP "spec/$dir" >"$log" 2>&1
+  "${LUA[@]}" /usr/bin/busted --cpath="$BUILD/lua/?.so;" -o TAP "spec/$dir" >"$log" 2>&1
   local rc=$?
   grep -E '^not ok' -A 12 "$log" | head -n 200
   count_tap "busted spec/$dir" "$log" "$rc"
