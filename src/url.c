@@ -6,10 +6,11 @@
  * whole URL, password included, in several of its URI parse errors, and
  * the pool connects with expand_dbname = 0 (a database name is never
  * read as a connection string). So the URL is parsed here with libpq's
- * grammar and every error names the part that is wrong. The only text
- * ever echoed is a short fragment that cannot be the password: a port
- * entry or a query parameter name, and not even those when the URL looks
- * like it holds an unencoded password (see Parse.suspect).
+ * grammar and every error names the part that is wrong. The only URL
+ * text ever quoted is a short fragment outside the userinfo (a port entry
+ * or a query parameter name), and not even that when the URL looks like
+ * it holds an unencoded password (see Parse.suspect) or when the message
+ * would contain a known password (see fail_echo).
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -124,22 +125,27 @@ static bool contains_secret(const char *s, const char *pw) {
   return false;
 }
 
+/* Does text contain a password this parse has seen (the URL's, or a
+ * password= query parameter's)? */
+static bool shows_secret(const Parse *ps, const char *text) {
+  if (contains_secret(text, ps->pw)) return true;
+  for (int i = 0; i < ps->n; i++) {
+    if (strcmp(ps->params[i].key, "password") == 0 && contains_secret(text, ps->params[i].value)) return true;
+  }
+  return false;
+}
+
 /*
- * Fail with "<what> '<frag>'". The fragment is quoted only when it cannot
- * be (part of) the password: not when the URL is suspect, nor when it
- * contains a password we know of. It is cut at URL_ECHO_MAX bytes and
- * anything unprintable shows as '?', so a message stays one short line.
+ * Fail with "<what> '<frag>'". The fragment is cut at URL_ECHO_MAX bytes
+ * and anything unprintable shows as '?', so a message stays one short
+ * line. It is left out when the URL is suspect, and when the finished
+ * message would contain a known password anywhere: the check is on the
+ * text as printed, so the quotes around the fragment count too.
  */
 static int fail_echo(Parse *ps, const char *what, const char *frag) {
   if (ps->suspect) {
     return fail(ps, "%s (not shown: percent-encode any '@', '/' or '?' in the password)", what);
   }
-  bool secret = contains_secret(frag, ps->pw);
-  for (int i = 0; i < ps->n && !secret; i++) {
-    if (strcmp(ps->params[i].key, "password") == 0) secret = contains_secret(frag, ps->params[i].value);
-  }
-  if (secret) return fail(ps, "%s (not shown)", what);
-
   char shown[URL_ECHO_MAX + 4];
   size_t i = 0;
   for (; frag[i] && i < URL_ECHO_MAX; i++) {
@@ -151,6 +157,10 @@ static int fail_echo(Parse *ps, const char *what, const char *frag) {
     i += 3;
   }
   shown[i] = '\0';
+
+  char message[sizeof URL_ERR_PREFIX + URL_ECHO_MAX + 128];
+  snprintf(message, sizeof message, "%s%s '%s'", URL_ERR_PREFIX, what, shown);
+  if (shows_secret(ps, message)) return fail(ps, "%s (not shown)", what);
   return fail(ps, "%s '%s'", what, shown);
 }
 

@@ -26,8 +26,9 @@ describe("core.parse_url", function()
     }, core.parse_url("postgresql://bob:hunter2@db.example.com:5433/app"))
   end)
 
-  it("accepts the postgres:// scheme too", function()
+  it("accepts the postgres:// scheme too, and either scheme in any case", function()
     assert.are.same({ host = "localhost", dbname = "app" }, core.parse_url("postgres://localhost/app"))
+    assert.are.same({ host = "localhost", dbname = "app" }, core.parse_url("PostgreSQL://localhost/app"))
   end)
 
   it("leaves out every part that is absent", function()
