@@ -15,7 +15,7 @@ BUILD=${BUILD:-build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 suites=("$@")
 [ ${#suites[@]} -eq 0 ] && suites=(unit c db host)
-out=$ROOT/spec/.out
+out=${CARACAL_TEST_OUT:-$BUILD/test-output} # per build dir: runs may overlap
 mkdir -p "$out"
 export CARACAL_BIN=$BUILD/caracal
 export CARACAL_ROOT=$ROOT

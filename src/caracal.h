@@ -14,6 +14,30 @@
  *     checked in; never use one from two threads at once.
  *   - A lua_State belongs to one thread (Lua's own rule). Give each thread
  *     its own state and share the pool between them with caracal_Options.pool.
+ *     Every function taking a lua_State (caracal_openlibs, caracal_poll,
+ *     caracal_spawn, caracal_event_fd, caracal_close, ...) is called only by
+ *     the thread that owns that state. Caracal keeps no global state: two
+ *     states in two threads share nothing but the pool they are given.
+ *
+ * Memory: Caracal's Lua-side allocations (rows, values, coroutines, its
+ * bookkeeping) go through the state's allocator, so a state made with
+ * lua_newstate(your_alloc, ud) is fully accounted. The pool, connections
+ * and prepared-statement caches are C objects allocated with malloc, and
+ * libpq (and OpenSSL under it) allocate with malloc too.
+ *
+ * Non-blocking mode (for frame- or tick-driven hosts)
+ *   With caracal_Options.nonblocking (or core.set_nonblocking(true) from
+ *   Lua), code running in a task -- a coroutine started by caracal_spawn
+ *   or core.spawn -- never waits: a query, or a checkout from an exhausted
+ *   pool, yields the task, and caracal_poll, called by the host every
+ *   frame, resumes it when its result is ready. Sessions, scopes,
+ *   transactions and models work unchanged, since all of them go through
+ *   the same connection calls. The main thread, and coroutines the user
+ *   creates (iterators, generators), keep blocking: they do not expect
+ *   Caracal's yields. Two things still block, and hosts plan for them:
+ *   opening a brand-new connection (libpq connects synchronously; call
+ *   caracal_pool_prewarm at startup) and resetting a returned connection
+ *   that needs it (a ROLLBACK round trip).
  *
  * Errors: functions that can fail return CARACAL_OK (0) or a negative
  * caracal_Status and write a message into the caller's buffer. No function
@@ -40,7 +64,9 @@ typedef enum caracal_Status {
   CARACAL_ETIMEOUT = -2, /* pool checkout waited pool_timeout */
   CARACAL_ECONNECT = -3, /* the server could not be reached */
   CARACAL_ECLOSED = -4,  /* the pool was closed */
-  CARACAL_ENOMEM = -5
+  CARACAL_ENOMEM = -5,
+  CARACAL_EAGAIN = -6,   /* would wait: try again later (non-blocking calls) */
+  CARACAL_ELUA = -7      /* a Lua error (reported to the host's on_error) */
 } caracal_Status;
 
 /* Log levels passed to a host logger. */
@@ -117,6 +143,24 @@ void caracal_pool_release(caracal_Pool *pool);
  */
 int caracal_pool_checkout(caracal_Pool *pool, const char *holder, caracal_Conn **out, char *err,
                           size_t errlen);
+/*
+ * Non-blocking checkout, for hosts that cannot wait: like
+ * caracal_pool_checkout, but when no connection is idle and none may be
+ * opened it returns CARACAL_EAGAIN at once instead of waiting. Call it
+ * again later, passing in waited how many seconds you have been trying:
+ * once waited >= pool_timeout it fails with CARACAL_ETIMEOUT and the
+ * usual message naming the holders. When a new connection may be opened
+ * it is opened here, which blocks for the connect: prewarm.
+ */
+int caracal_pool_try_checkout(caracal_Pool *pool, const char *holder, double waited,
+                              caracal_Conn **out, char *err, size_t errlen);
+/*
+ * Open connections now until the pool holds min(n, pool_size) of them
+ * (idle or in use), so checkouts in a tick loop never stall on a
+ * connect. Returns how many were opened (0 when already warm), or
+ * CARACAL_ECONNECT / CARACAL_ECLOSED with a message in err.
+ */
+int caracal_pool_prewarm(caracal_Pool *pool, int n, char *err, size_t errlen);
 /* Return a connection. It is reset (or closed when it cannot be) first.
  * Checking in twice only logs a warning. */
 void caracal_pool_checkin(caracal_Conn *conn);
@@ -145,18 +189,94 @@ void caracal_conn_mark_dirty(caracal_Conn *conn);
  * owns: the C core as package.loaded["caracal.core"], the Lua layer on
  * package.path, and the global `caracal`. Options may be NULL.
  */
+/* Receives the message (with a traceback) of an error raised inside a
+ * task that nothing caught. Never called with a password in message
+ * unless the script itself put one there. */
+typedef void (*caracal_ErrorFn)(void *ud, const char *message);
+
 typedef struct caracal_Options {
   const char *lua_dir;        /* folder holding caracal/db.lua etc.; NULL: built-in */
   const char *migrations_dir; /* NULL: built-in path */
-  caracal_Pool *pool;         /* optional pool shared with other states */
-  caracal_LogFn log;
+  caracal_Pool *pool;         /* optional pool shared with other states: Lua's
+                                 initialize_connection_manager() with no
+                                 arguments uses it (core.shared_pool) */
+  caracal_LogFn log;          /* receives redacted messages of pools made
+                                 from Lua, and task errors when on_error is
+                                 NULL */
   void *log_ud;
+  int nonblocking;            /* start in non-blocking mode (see above) */
+  caracal_ErrorFn on_error;   /* uncaught errors in tasks; NULL: log at
+                                 CARACAL_LOG_ERROR, or stderr without log */
+  void *error_ud;
 } caracal_Options;
 
+/*
+ * Load Caracal into L, a state the host made (luaL_newstate or
+ * lua_newstate with its own allocator) and opened the standard libraries
+ * in. The options are copied; a pool given is retained until
+ * caracal_close. Returns 0, or -1 with the error message on the stack.
+ * Never calls exit().
+ */
 int caracal_openlibs(lua_State *L, const caracal_Options *options);
-/* Close what caracal_openlibs opened in L (connections go back to the
- * pool, the state's reference to a shared pool is dropped). */
+/*
+ * Shut down what caracal_openlibs opened in L, from the host (never from
+ * Lua running in L): queries still in flight are cancelled and their
+ * results drained; every connection a handle, session or task of L still
+ * holds goes back to its pool rolled back (no transaction is left open on
+ * the server); suspended tasks are dropped without running further; the
+ * listener connection is returned; the current connection manager is
+ * closed; the state's reference to the shared pool is dropped. Then call
+ * lua_close(L). Afterwards caracal_poll and caracal_spawn on L return
+ * CARACAL_ECLOSED and queries in L block.
+ */
 void caracal_close(lua_State *L);
+
+/*
+ * Start a task: pops a function and nargs arguments above it (the
+ * function is at -(nargs+1)), runs it in a new coroutine until it first
+ * waits or ends. Returns 1 when it is now waiting (caracal_poll resumes
+ * it), 0 when it already finished (its results are dropped), CARACAL_ELUA
+ * when it raised (reported to on_error), CARACAL_EINVAL when the value is
+ * not a function, CARACAL_ECLOSED after caracal_close. A task that calls
+ * coroutine.yield() itself is resumed at the next caracal_poll (a way to
+ * wait one frame). Lua: core.spawn(fn, ...).
+ */
+int caracal_spawn(lua_State *L, int nargs);
+
+/*
+ * The host's per-frame step. Delivers LISTEN notifications to their
+ * callbacks (each runs as a task), then resumes the tasks whose wait is
+ * over: a result arrived, a pool connection may be free, a sleep ended,
+ * a frame passed. It never waits for the network: sockets are only read
+ * (PQconsumeInput) when they have data. budget_seconds bounds the time
+ * spent resuming tasks (checked after each one, so one resume can
+ * overrun it; at least one ready task runs per call); negative: no
+ * limit. Returns the number of tasks still waiting (not counting the
+ * listener), CARACAL_ECLOSED after caracal_close, CARACAL_EINVAL when
+ * called from inside a task or a callback it runs. Errors in tasks go to
+ * on_error and do not stop the others. Lua: core.poll([budget]).
+ */
+int caracal_poll(lua_State *L, double budget_seconds);
+
+/*
+ * For hosts with their own event loop: a file descriptor (an epoll
+ * instance, Linux) that polls readable whenever a socket Caracal waits on
+ * (a task's query, the LISTEN connection) has something to read or can
+ * take pending output. Wait on it, then call caracal_poll. Waits that
+ * have no socket (a pool connection to come back, core.sleep, a task
+ * that yielded for a frame) do not make it readable: also wake up after
+ * caracal_poll_timeout(L) seconds. The descriptor belongs to L: do not
+ * close it; caracal_close does. Returns -1 (errno set) on failure.
+ */
+int caracal_event_fd(lua_State *L);
+
+/*
+ * How long a host waiting on caracal_event_fd may sleep before it must
+ * call caracal_poll again: 0 when a task is ready to run now, the time to
+ * the nearest core.sleep deadline or pool retry, or -1 when only sockets
+ * (or nothing) are awaited.
+ */
+double caracal_poll_timeout(lua_State *L);
 
 /* Replace the password (raw and percent-encoded) and any password=...
  * or user:secret@ parts of msg with ***. Returns bytes written (out is

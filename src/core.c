@@ -77,8 +77,10 @@ int luaopen_caracal_core(lua_State *L) {
   dec_open(L);
   inst_open(L);
   uuid_open(L);
+  crypto_open(L);
   lpool_open(L);
   lconn_open(L);
+  async_open(L); /* spawn, poll, listen, ... (async.c) */
   return 1;
 }
 
@@ -120,20 +122,17 @@ int caracal_openlibs(lua_State *L, const caracal_Options *options) {
 }
 
 void caracal_close(lua_State *L) {
+  /* First what may be in flight: cancel it and give every connection the
+   * state holds back, rolled back, before any Lua code runs again. */
+  async_close(L);
   /* Close the manager the Lua layer opened, if any: sessions give their
    * connections back and the pool is closed when this state owns it. */
-  lua_getglobal(L, "package");
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "loaded");
-    lua_getfield(L, -1, "caracal.db");
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, "close_connection_manager");
-      if (lua_isfunction(L, -1) && lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
-      else if (!lua_isfunction(L, -1)) lua_pop(L, 1);
-    }
-    lua_pop(L, 2);
-  }
-  lua_pop(L, 1);
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "caracal.db") == LUA_TTABLE &&
+      lua_getfield(L, -1, "close_connection_manager") == LUA_TFUNCTION)
+    lua_pcall(L, 0, 0, 0); /* a failure leaves its message: dropped below */
+  lua_settop(L, top);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CARACAL_REG_OPTIONS) == LUA_TUSERDATA) {
     caracal_Options *opts = lua_touserdata(L, -1);
     if (opts->pool) {

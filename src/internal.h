@@ -3,7 +3,7 @@
  * nobody else. Cross-file helpers carry a short prefix naming their file:
  * pool_ (pool.c), url_ (url.c), dec_ (decimal.c), inst_ (instant.c),
  * uuid_ (uuid.c), json_ (json.c), err_ (error.c), res_ (result.c),
- * param_ (params.c), stmt_ (stmtcache.c), lconn_ (lconn.c).
+ * param_ (params.c), stmt_ (stmtcache.c), lconn_ (lconn.c), async_ (async.c).
  */
 #ifndef CARACAL_INTERNAL_H
 #define CARACAL_INTERNAL_H
@@ -73,6 +73,17 @@ typedef struct Stmt {
  * On a server error returns NULL and *failed holds the result (caller
  * clears it); on a lost connection NULL with *failed NULL. */
 Stmt *stmt_get(caracal_Conn *c, const char *sql, PGresult **failed);
+/* The steps of stmt_get, for lconn.c's state machine, which sends each
+ * command itself so it can yield between them: find a cached statement
+ * (and mark it recently used); the statement to DEALLOCATE before adding
+ * one to a full cache (NULL: not full); a new statement with a fresh name,
+ * not in the cache yet; add it once Describe answered (false: out of
+ * memory, the caller discards it); free one that never made it in. */
+Stmt *stmt_find(caracal_Conn *c, const char *sql);
+Stmt *stmt_victim(caracal_Conn *c);
+Stmt *stmt_new(caracal_Conn *c, const char *sql);
+bool stmt_add(caracal_Conn *c, Stmt *s, const PGresult *desc);
+void stmt_discard(Stmt *s);
 /* Forget one statement (the server rejected it as stale) or all of them
  * (the server dropped them: DISCARD ALL, DEALLOCATE ALL). */
 void stmt_forget(caracal_Conn *c, Stmt *s);
@@ -196,6 +207,53 @@ caracal_Pool *lpool_get(lua_State *L, int idx);
 /* Push a handle owning a checked-out connection; the value at pool_idx
  * (the pool handle) is kept alive as long as the connection. */
 void lconn_push(lua_State *L, caracal_Conn *conn, int pool_idx);
+
+/* ---- crypto.c: SHA-256, ECDSA P-256, Merkle trees (authority ledger) ---- */
+
+/* Adds sha256, sha256_hex, hex_encode, hex_decode, ec_generate,
+ * ec_public_from_private, ec_sign, ec_verify, merkle_leaf, merkle_root and
+ * merkle_proof to the table on top. */
+void crypto_open(lua_State *L);
+
+/* ==== async.c: non-blocking mode ========================================
+ * (Added with the embedding API: tasks, caracal_poll, LISTEN/NOTIFY.)
+ *
+ * A task is a coroutine started by caracal_spawn / core.spawn. In a state
+ * in non-blocking mode, a task that would wait for the server or for a
+ * pool connection yields instead (lua_yieldk with a continuation) after
+ * registering what it waits for; caracal_poll resumes it when that is
+ * ready. Anything else (the main thread, a coroutine the user made, a
+ * call through a C boundary) blocks as before.
+ */
+
+/* May the running code yield to caracal_poll? (a task, yieldable here,
+ * in non-blocking mode, state not closed) */
+bool async_can_yield(lua_State *L);
+/* Yield the running task until conn has input to read (or, while libpq
+ * still holds unsent output, until it can be flushed); on resume k runs
+ * with ctx. Call as `return async_yield_conn(...)` (it does not return). */
+int async_yield_conn(lua_State *L, caracal_Conn *conn, lua_KContext ctx, lua_KFunction k);
+/* Yield the running task until pool may have a connection to hand out
+ * (or a retry interval passed, so the caller can count its timeout). */
+int async_yield_pool(lua_State *L, caracal_Pool *pool, lua_KContext ctx, lua_KFunction k);
+/* CLOCK_MONOTONIC in seconds. */
+double async_now(void);
+/* Adds spawn, poll, sleep, listen, ... to the core table on top. */
+void async_open(lua_State *L);
+/* caracal_close's first step: cancel what is in flight, give back every
+ * connection the state holds (rolled back), drop the tasks. */
+void async_close(lua_State *L);
+
+/* lconn.c helpers for the above. Give every connection handle made in L
+ * back to its pool now (reset, rolled back). */
+void lconn_release_all(lua_State *L);
+/* The connection of the handle at idx (NULL when released); raises when
+ * the value is not a caracal.Connection. */
+caracal_Conn *lconn_get(lua_State *L, int idx);
+/* Give the handle's connection back without any round trip (parked for
+ * reset at the next checkout, like __gc). */
+void lconn_release_deferred(lua_State *L, int idx);
+/* ==== end async.c ======================================================= */
 
 /* Registry keys (addresses of these objects) for per-state context. */
 extern const char CARACAL_REG_JSON;    /* the private cjson instance */

@@ -14,6 +14,7 @@
  * for the next checkout to reset (caracal_pool_checkin_deferred).
  */
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -31,8 +32,28 @@ static LConn *check_conn(lua_State *L, int idx) {
   return c;
 }
 
+/* Registry key: a weak-keyed set of every handle made in this state, so
+ * caracal_close can give back connections that Lua code still holds
+ * (a session in a suspended coroutine, a forgotten handle) at once,
+ * rolled back, instead of whenever the collector gets to them. */
+static const char REG_CONNS = 0;
+
+/* Push the set of handles (made on first use). */
+static void push_handle_set(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REG_CONNS) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);                          /* set */
+  lua_createtable(L, 0, 1);                 /* set mt */
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);                  /* set */
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &REG_CONNS);
+}
+
 void lconn_push(lua_State *L, caracal_Conn *conn, int pool_idx) {
   pool_idx = lua_absindex(L, pool_idx);
+  push_handle_set(L);                       /* set */
   LConn *c = lua_newuserdatauv(L, sizeof *c, 1);
   c->conn = NULL;
   c->stmts_stale = false;
@@ -40,6 +61,49 @@ void lconn_push(lua_State *L, caracal_Conn *conn, int pool_idx) {
   lua_pushvalue(L, pool_idx);
   lua_setiuservalue(L, -2, 1); /* the pool outlives its connections */
   c->conn = conn;
+  lua_pushvalue(L, -1);                     /* set conn conn */
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -4);                        /* set conn */
+  lua_remove(L, -2);                        /* conn */
+}
+
+/* Back to the pool: now (reset, maybe a round trip) or parked for the
+ * next checkout to reset (no I/O: finalizers, the tick loop). A
+ * connection left in libpq's non-blocking mode by a task goes back the
+ * way the pool and other borrowers expect it. */
+static void give_back(caracal_Conn *conn, bool now) {
+  if (PQisnonblocking(conn->pg)) PQsetnonblocking(conn->pg, 0);
+  if (now) caracal_pool_checkin(conn);
+  else caracal_pool_checkin_deferred(conn);
+}
+
+caracal_Conn *lconn_get(lua_State *L, int idx) {
+  return ((LConn *)luaL_checkudata(L, idx, CARACAL_CONN_MT))->conn;
+}
+
+void lconn_release_deferred(lua_State *L, int idx) {
+  LConn *c = luaL_checkudata(L, idx, CARACAL_CONN_MT);
+  caracal_Conn *conn = c->conn;
+  c->conn = NULL;
+  if (conn) give_back(conn, false);
+}
+
+void lconn_release_all(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REG_CONNS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {                 /* set handle true */
+    lua_pop(L, 1);
+    LConn *c = luaL_testudata(L, -1, CARACAL_CONN_MT);
+    if (c && c->conn) {
+      caracal_Conn *conn = c->conn;
+      c->conn = NULL;
+      give_back(conn, true);
+    }
+  }
+  lua_pop(L, 1);
 }
 
 /* Raise the error of a failed result (res may be NULL: connection lost). */
@@ -103,93 +167,305 @@ static void push_outcome(lua_State *L, PGresult *r, bool binary) {
   lua_pushstring(L, PQcmdStatus(r));
 }
 
-/* conn:execute(sql, ...) -> rows, affected, tag */
-static int conn_execute(lua_State *L) {
-  LConn *c = check_conn(L, 1);
-  const char *sql = luaL_checkstring(L, 2);
-  int n = lua_gettop(L) - 2;
+/*
+ * execute and exec_script are one state machine, run the same way whether
+ * it blocks or yields. Each step sends one command (PQsend*) and the next
+ * step reads its results; reading (collect) blocks in PQgetResult on the
+ * blocking path, and in a task in non-blocking mode yields to
+ * caracal_poll until libpq holds a whole result (async.c), then the
+ * continuation (exec_k) picks up at the same step. So parameter
+ * collection, the statement cache, note_effects and result pushing exist
+ * once. The steps for execute:
+ *
+ *   BEGIN -> [DEALLOCATE ALL if DDL made the cache suspect] -> LOOKUP
+ *   LOOKUP -> cached: BIND | cache full: DEALLOCATE the LRU one -> PREPARE
+ *   PREPARE (PQsendPrepare) -> DESCRIBE (PQsendDescribePrepared) -> BIND
+ *   BIND (PQsendQueryPrepared) -> done; a stale plan re-prepares once
+ *
+ * exec_script is one step: PQsendQuery of the whole text.
+ * The machine's state is a userdata kept on the stack above the
+ * arguments (the stack survives a yield); its __gc frees results and a
+ * half-prepared statement if the coroutine is abandoned.
+ */
+#define EXEC_MT "caracal.Exec"
+
+enum {
+  X_BEGIN, X_DEALLOCATED, X_LOOKUP, X_EVICTED, X_PREPARE, X_PREPARED, X_DESCRIBED, X_BIND,
+  X_EXECUTED, X_SCRIPT, X_SCRIPTED
+};
+
+typedef struct Exec {
+  int step;
+  bool sent;       /* the results of the last command are still to be read */
+  bool async;      /* yield instead of blocking */
+  bool empty;      /* an empty query was among the results */
+  bool binary;     /* results requested in binary */
+  int attempt;
+  Stmt *st;        /* the cached statement being run */
+  Stmt *fresh;     /* being prepared: not in the cache yet, ours to free */
+  Stmt *victim;    /* being deallocated to make room */
+  PGresult *last;  /* the last successful result */
+  PGresult *error; /* the first failed result */
+  const char *copy_refused; /* COPY reached execute: why it was stopped */
+} Exec;
+
+static void exec_clear(Exec *e) {
+  PQclear(e->last);
+  PQclear(e->error);
+  e->last = e->error = NULL;
+  e->empty = false;
+  e->copy_refused = NULL;
+}
+
+static int exec_gc(lua_State *L) {
+  Exec *e = lua_touserdata(L, 1);
+  exec_clear(e);
+  stmt_discard(e->fresh);
+  e->fresh = NULL;
+  return 0;
+}
+
+/* Read the results of the command sent last until libpq has none left:
+ * the last success is kept (note_effects on each when they are the
+ * user's statements), and the first failure. Returns false only in async
+ * mode, when reading on would block: the caller yields and calls again. */
+static bool collect(LConn *c, Exec *e, const char *sql, bool user) {
   PGconn *pg = c->conn->pg;
-  if (PQstatus(pg) != CONNECTION_OK) return raise_result(L, c, NULL, sql);
-  if (c->stmts_stale) {
-    PQclear(PQexec(pg, "DEALLOCATE ALL"));
-    stmt_forget_all(c->conn);
-    c->stmts_stale = false;
-  }
-  for (int attempt = 0;; attempt++) {
-    PGresult *failed;
-    Stmt *st = stmt_get(c->conn, sql, &failed);
-    if (!st) return raise_result(L, c, failed, sql);
-    if (n != st->nparams)
-      return luaL_error(L, "the statement takes %d parameter%s ($1..$%d), got %d", st->nparams,
-                        st->nparams == 1 ? "" : "s", st->nparams, n);
-    int top = lua_gettop(L);
-    Params p;
-    param_collect(L, 3, n, st->param_types, &p);
-    bool binary = st->binary;
-    PGresult *r = PQexecPrepared(pg, st->name, n, p.values, p.lengths, p.formats, binary ? 1 : 0);
-    lua_settop(L, top);
-    ExecStatusType rs = PQresultStatus(r);
-    if (rs == PGRES_TUPLES_OK || rs == PGRES_COMMAND_OK) {
-      note_effects(c, PQcmdStatus(r), sql);
-      push_outcome(L, r, binary);
-      PQclear(r);
-      return 3;
+  for (;;) {
+    if (e->async && PQstatus(pg) == CONNECTION_OK) {
+      /* A failed read leaves the connection bad: PQgetResult then
+       * reports it without waiting. */
+      if (PQconsumeInput(pg) && PQisBusy(pg)) return false;
     }
-    if (rs == PGRES_EMPTY_QUERY) {
-      PQclear(r);
-      return luaL_error(L, "the SQL text contains no statement");
-    }
-    if (r && stale_statement(r)) {
-      /* Re-prepare once, and only when no transaction would be lost. */
-      stmt_forget(c->conn, st);
-      if (attempt == 0 && PQtransactionStatus(pg) == PQTRANS_IDLE) {
+    PGresult *r = PQgetResult(pg);
+    if (!r) break;
+    switch (PQresultStatus(r)) {
+      case PGRES_TUPLES_OK:
+      case PGRES_COMMAND_OK:
+        if (user) note_effects(c, PQcmdStatus(r), sql);
+        PQclear(e->last);
+        e->last = r;
+        break;
+      case PGRES_EMPTY_QUERY:
+        e->empty = true;
         PQclear(r);
-        continue;
+        break;
+      case PGRES_COPY_IN:
+        /* No data source here: end the COPY with an error so the server
+         * aborts it and the connection stays usable. */
+        e->copy_refused = "COPY FROM STDIN cannot run through execute";
+        PQputCopyEnd(pg, e->copy_refused);
+        PQclear(r);
+        break;
+      case PGRES_COPY_OUT: {
+        e->copy_refused = "COPY TO STDOUT cannot run through execute";
+        PQclear(r);
+        char *buf;
+        int got;
+        while ((got = PQgetCopyData(pg, &buf, e->async)) > 0) PQfreemem(buf);
+        if (got == 0) return false; /* async: more rows to discard later */
+        break;
       }
+      default:
+        /* The first failure is the one to report, except when the
+         * connection died: then libpq's own last word says so (as
+         * PQexec would return it), with no SQLSTATE, hence 08006. */
+        if (!e->error || PQstatus(pg) != CONNECTION_OK) {
+          PQclear(e->error);
+          e->error = r;
+        } else {
+          PQclear(r);
+        }
+        break;
     }
-    return raise_result(L, c, r, sql);
+  }
+  e->sent = false;
+  return true;
+}
+
+/* The error of a failed command (or the connection's), raised. */
+static int exec_raise(lua_State *L, LConn *c, Exec *e, const char *sql) {
+  PGresult *err = e->error;
+  e->error = NULL;
+  exec_clear(e);
+  stmt_discard(e->fresh);
+  e->fresh = NULL;
+  return raise_result(L, c, err, sql);
+}
+
+/* A command was handed to libpq: read its results at the next step. */
+static bool exec_sent(Exec *e, int ok, int next) {
+  e->sent = true;
+  e->step = next;
+  return ok != 0;
+}
+
+static int exec_k(lua_State *L, int status, lua_KContext ctx);
+
+/* Run the machine from its current step; arguments are at 1 (conn),
+ * 2 (sql), 3.. (parameters), the Exec at esi. Returns execute's three
+ * results or raises; yields in async mode. */
+static int exec_run(lua_State *L, int esi) {
+  Exec *e = lua_touserdata(L, esi);
+  LConn *c = lua_touserdata(L, 1);
+  const char *sql = lua_tostring(L, 2);
+  if (!c->conn) return luaL_error(L, "attempt to use a released connection");
+  caracal_Conn *conn = c->conn;
+  PGconn *pg = conn->pg;
+  for (;;) {
+    if (e->sent && !collect(c, e, sql, e->step == X_EXECUTED || e->step == X_SCRIPTED))
+      return async_yield_conn(L, conn, (lua_KContext)esi, exec_k);
+    switch (e->step) {
+      case X_BEGIN:
+        if (!c->stmts_stale) {
+          e->step = X_LOOKUP;
+        } else if (!exec_sent(e, PQsendQuery(pg, "DEALLOCATE ALL"), X_DEALLOCATED)) {
+          return exec_raise(L, c, e, sql);
+        }
+        break;
+      case X_DEALLOCATED: /* its outcome does not matter: we forget them all */
+        exec_clear(e);
+        stmt_forget_all(conn);
+        c->stmts_stale = false;
+        e->step = X_LOOKUP;
+        break;
+      case X_LOOKUP:
+        if ((e->st = stmt_find(conn, sql)) != NULL) {
+          e->step = X_BIND;
+        } else if ((e->victim = stmt_victim(conn)) != NULL) {
+          char dealloc[48];
+          snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", e->victim->name);
+          if (!exec_sent(e, PQsendQuery(pg, dealloc), X_EVICTED)) return exec_raise(L, c, e, sql);
+        } else {
+          e->step = X_PREPARE;
+        }
+        break;
+      case X_EVICTED:
+        exec_clear(e);
+        stmt_forget(conn, e->victim);
+        e->victim = NULL;
+        e->step = X_PREPARE;
+        break;
+      case X_PREPARE:
+        if (!(e->fresh = stmt_new(conn, sql))) return luaL_error(L, "out of memory preparing a statement");
+        if (!exec_sent(e, PQsendPrepare(pg, e->fresh->name, sql, 0, NULL), X_PREPARED))
+          return exec_raise(L, c, e, sql);
+        break;
+      case X_PREPARED:
+        if (e->error || !e->last) return exec_raise(L, c, e, sql);
+        exec_clear(e);
+        if (!exec_sent(e, PQsendDescribePrepared(pg, e->fresh->name), X_DESCRIBED))
+          return exec_raise(L, c, e, sql);
+        break;
+      case X_DESCRIBED:
+        if (e->error || !e->last) return exec_raise(L, c, e, sql);
+        if (!stmt_add(conn, e->fresh, e->last)) {
+          exec_clear(e);
+          return luaL_error(L, "out of memory preparing a statement");
+        }
+        e->st = e->fresh;
+        e->fresh = NULL;
+        exec_clear(e);
+        e->step = X_BIND;
+        break;
+      case X_BIND: {
+        int n = esi - 3;
+        Stmt *st = e->st;
+        if (n != st->nparams)
+          return luaL_error(L, "the statement takes %d parameter%s ($1..$%d), got %d", st->nparams,
+                            st->nparams == 1 ? "" : "s", st->nparams, n);
+        Params p;
+        param_collect(L, 3, n, st->param_types, &p);
+        e->binary = st->binary;
+        /* libpq copies the values into its output buffer: their storage
+         * on the stack can go before the results come. */
+        int ok = PQsendQueryPrepared(pg, st->name, n, p.values, p.lengths, p.formats, e->binary ? 1 : 0);
+        lua_settop(L, esi);
+        if (!exec_sent(e, ok, X_EXECUTED)) return exec_raise(L, c, e, sql);
+        break;
+      }
+      case X_EXECUTED:
+        if (e->error && stale_statement(e->error)) {
+          /* Re-prepare once, and only when no transaction would be lost. */
+          stmt_forget(conn, e->st);
+          e->st = NULL;
+          if (e->attempt++ == 0 && PQtransactionStatus(pg) == PQTRANS_IDLE) {
+            exec_clear(e);
+            e->step = X_LOOKUP;
+            break;
+          }
+        }
+        if (e->copy_refused && !e->error) {
+          const char *why = e->copy_refused;
+          exec_clear(e);
+          return luaL_error(L, "%s (use the COPY API)", why);
+        }
+        if (e->error || PQstatus(pg) != CONNECTION_OK) return exec_raise(L, c, e, sql);
+        if (!e->last) {
+          exec_clear(e);
+          return luaL_error(L, "the SQL text contains no statement");
+        }
+        push_outcome(L, e->last, e->binary);
+        exec_clear(e);
+        return 3;
+      case X_SCRIPT:
+        if (!exec_sent(e, PQsendQuery(pg, sql), X_SCRIPTED)) return exec_raise(L, c, e, sql);
+        break;
+      case X_SCRIPTED:
+        if (e->error || PQstatus(pg) != CONNECTION_OK) return exec_raise(L, c, e, sql);
+        if (e->copy_refused) {
+          const char *why = e->copy_refused;
+          exec_clear(e);
+          return luaL_error(L, "%s (use the COPY API)", why);
+        }
+        if (!e->last) {
+          lua_createtable(L, 0, 1);
+          lua_newtable(L);
+          lua_setfield(L, -2, "columns");
+          lua_pushinteger(L, 0);
+          lua_pushliteral(L, "");
+        } else {
+          push_outcome(L, e->last, false);
+        }
+        exec_clear(e);
+        return 3;
+    }
   }
 }
+
+static int exec_k(lua_State *L, int status, lua_KContext ctx) {
+  CARACAL_UNUSED(status);
+  return exec_run(L, (int)ctx);
+}
+
+/* Set up the machine above the arguments and run it. */
+static int exec_start(lua_State *L, bool script) {
+  LConn *c = check_conn(L, 1);
+  const char *sql = luaL_checkstring(L, 2);
+  if (script) lua_settop(L, 2);
+  PGconn *pg = c->conn->pg;
+  if (PQstatus(pg) != CONNECTION_OK) return raise_result(L, c, NULL, sql);
+  if (PQtransactionStatus(pg) == PQTRANS_ACTIVE)
+    return luaL_error(L, "the connection is busy: a statement is still running on it "
+                         "(another coroutine is using it)");
+  Exec *e = lua_newuserdatauv(L, sizeof *e, 0);
+  memset(e, 0, sizeof *e);
+  luaL_setmetatable(L, EXEC_MT);
+  e->step = script ? X_SCRIPT : X_BEGIN;
+  e->async = async_can_yield(L);
+  /* Sends must not block either: libpq queues what the socket does not
+   * take, and async.c waits for it to drain. */
+  if (e->async && !PQisnonblocking(pg)) PQsetnonblocking(pg, 1);
+  return exec_run(L, lua_gettop(L));
+}
+
+/* conn:execute(sql, ...) -> rows, affected, tag */
+static int conn_execute(lua_State *L) { return exec_start(L, false); }
 
 /* conn:exec_script(sql) -> rows of the last statement, affected, tag.
  * Runs one or more statements with the simple protocol and no parameters
  * (migrations, DDL); results are decoded from text. */
-static int conn_exec_script(lua_State *L) {
-  LConn *c = check_conn(L, 1);
-  const char *sql = luaL_checkstring(L, 2);
-  PGconn *pg = c->conn->pg;
-  if (!PQsendQuery(pg, sql)) return raise_result(L, c, NULL, sql);
-  PGresult *r, *last = NULL, *error = NULL;
-  while ((r = PQgetResult(pg)) != NULL) {
-    ExecStatusType rs = PQresultStatus(r);
-    if (rs == PGRES_TUPLES_OK || rs == PGRES_COMMAND_OK) {
-      note_effects(c, PQcmdStatus(r), sql);
-      PQclear(last);
-      last = r;
-    } else if (rs == PGRES_EMPTY_QUERY) {
-      PQclear(r);
-    } else if (!error) {
-      error = r;
-    } else {
-      PQclear(r);
-    }
-  }
-  if (error || PQstatus(pg) != CONNECTION_OK) {
-    PQclear(last);
-    return raise_result(L, c, error, sql);
-  }
-  if (!last) {
-    lua_createtable(L, 0, 1);
-    lua_newtable(L);
-    lua_setfield(L, -2, "columns");
-    lua_pushinteger(L, 0);
-    lua_pushliteral(L, "");
-    return 3;
-  }
-  push_outcome(L, last, false);
-  PQclear(last);
-  return 3;
-}
+static int conn_exec_script(lua_State *L) { return exec_start(L, true); }
 
 /* conn:transaction_status() -> "idle" | "active" | "in_transaction" |
  * "failed" | "unknown" (the last: the connection is lost). */
@@ -296,7 +572,7 @@ static int conn_release(lua_State *L) {
   LConn *c = luaL_checkudata(L, 1, CARACAL_CONN_MT);
   caracal_Conn *conn = c->conn;
   c->conn = NULL;
-  if (conn) caracal_pool_checkin(conn);
+  if (conn) give_back(conn, true);
   return 0;
 }
 
@@ -305,7 +581,7 @@ static int conn_gc(lua_State *L) {
   LConn *c = luaL_checkudata(L, 1, CARACAL_CONN_MT);
   caracal_Conn *conn = c->conn;
   c->conn = NULL;
-  if (conn) caracal_pool_checkin_deferred(conn);
+  if (conn) give_back(conn, false);
   return 0;
 }
 
@@ -353,5 +629,9 @@ void lconn_open(lua_State *L) {
   lua_setfield(L, -2, "__close");
   lua_pushcfunction(L, conn_tostring);
   lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, EXEC_MT);
+  lua_pushcfunction(L, exec_gc);
+  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
 }

@@ -136,18 +136,39 @@ static int pool_new(lua_State *L) {
   return 1;
 }
 
+static int pool_checkout_k(lua_State *L, int status, lua_KContext ctx);
+
 /* pool:checkout([holder]) -> connection; raises a caracal.Error with
- * kind "pool_timeout", "connect" or "closed" when it cannot. */
+ * kind "pool_timeout", "connect" or "closed" when it cannot. In a task
+ * in non-blocking mode (async.c) waiting for a connection yields to
+ * caracal_poll instead of blocking the thread; pool_timeout still holds. */
 static int pool_checkout(lua_State *L) {
-  LPool *p = check_pool(L, 1);
-  const char *holder = luaL_optstring(L, 2, NULL);
-  if (!holder) {
+  check_pool(L, 1);
+  luaL_optstring(L, 2, NULL);
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) {
     luaL_where(L, 1);
-    holder = lua_tostring(L, -1);
+    lua_replace(L, 2);
   }
+  lua_pushnumber(L, async_now()); /* holder started: when the wait began */
+  return pool_checkout_k(L, LUA_OK, 0);
+}
+
+static int pool_checkout_k(lua_State *L, int status, lua_KContext ctx) {
+  CARACAL_UNUSED(status);
+  CARACAL_UNUSED(ctx);
+  LPool *p = check_pool(L, 1);
+  const char *holder = lua_tostring(L, 2);
   caracal_Conn *conn;
   char err[1024];
-  int rc = caracal_pool_checkout(p->pool, holder, &conn, err, sizeof err);
+  int rc;
+  if (async_can_yield(L)) {
+    double waited = async_now() - lua_tonumber(L, 3);
+    rc = caracal_pool_try_checkout(p->pool, holder, waited, &conn, err, sizeof err);
+    if (rc == CARACAL_EAGAIN) return async_yield_pool(L, p->pool, 0, pool_checkout_k);
+  } else {
+    rc = caracal_pool_checkout(p->pool, holder, &conn, err, sizeof err);
+  }
   if (rc != CARACAL_OK) {
     err_push_simple(L, rc == CARACAL_ECONNECT ? "08001" : NULL, err);
     lua_pushstring(L, rc == CARACAL_ETIMEOUT ? "pool_timeout" : rc == CARACAL_ECONNECT ? "connect" : "closed");
@@ -155,6 +176,24 @@ static int pool_checkout(lua_State *L) {
     return lua_error(L);
   }
   lconn_push(L, conn, 1);
+  return 1;
+}
+
+/* pool:prewarm(n) -> connections opened. Opens up to n (at most
+ * pool_size) now, so later checkouts, which may run in a tick loop, do
+ * not stall on libpq's synchronous connect. */
+static int pool_prewarm(lua_State *L) {
+  LPool *p = check_pool(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  char err[1024];
+  int rc = caracal_pool_prewarm(p->pool, n > 100000 ? 100000 : (int)n, err, sizeof err);
+  if (rc < 0) {
+    err_push_simple(L, rc == CARACAL_ECONNECT ? "08001" : NULL, err);
+    lua_pushstring(L, rc == CARACAL_ECONNECT ? "connect" : "closed");
+    lua_setfield(L, -2, "kind");
+    return lua_error(L);
+  }
+  lua_pushinteger(L, rc);
   return 1;
 }
 
@@ -223,6 +262,7 @@ static int pool_tostring(lua_State *L) {
 
 static const luaL_Reg pool_methods[] = {
   {"checkout", pool_checkout},
+  {"prewarm", pool_prewarm},
   {"status", pool_status},
   {"health_check", pool_health_check},
   {"close", pool_close},

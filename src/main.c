@@ -3,6 +3,10 @@
  * makes a lua_State, opens Caracal into it with caracal_openlibs, and hands
  * the command line to the Lua CLI (lua/caracal/cli.lua), which returns
  * the exit code. Errors that escape are printed here as one block.
+ *
+ * What only a terminal program needs (readline, signals: repl.c) is
+ * registered here as package.loaded["caracal.host"] before the CLI loads,
+ * so the library stays free of it and the CLI can ask for it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +16,9 @@
 #include <lualib.h>
 
 #include "caracal.h"
+
+/* repl.c: the terminal functions of the host (readline, Ctrl-C). */
+int luaopen_caracal_host(lua_State *L);
 
 /* Message handler: keep structured errors as they are (their __tostring
  * prints well), add a traceback to anything else. */
@@ -50,12 +57,25 @@ int main(int argc, char **argv) {
     report(L);
     goto done;
   }
+  luaL_requiref(L, "caracal.host", luaopen_caracal_host, 0); /* host */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "caracal.cli");
   if (lua_pcall(L, 1, 1, handler) != LUA_OK) {
     report(L);
     goto done;
+  }                                         /* host cli */
+  /* The CLI starts the REPL when stdin is a terminal and it has
+   * M.isatty and M.repl; give it the host's unless it set its own. */
+  if (lua_getfield(L, -1, "isatty") == LUA_TNIL) {
+    lua_getfield(L, -3, "isatty");
+    lua_setfield(L, -3, "isatty");
   }
+  lua_pop(L, 1);
+  if (lua_getfield(L, -1, "repl") == LUA_TNIL) {
+    lua_getfield(L, -3, "repl");
+    lua_setfield(L, -3, "repl");
+  }
+  lua_pop(L, 1);
   lua_getfield(L, -1, "main"); /* cli main */
   lua_createtable(L, argc, 1);
   for (int i = 0; i < argc; i++) {
@@ -69,6 +89,12 @@ int main(int argc, char **argv) {
     status = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
   }
 done:
+  /* Restore signal handlers before closing: no Ctrl-C handler may run
+   * against a state being torn down. */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "caracal.host") == LUA_TTABLE &&
+      lua_getfield(L, -1, "close") == LUA_TFUNCTION)
+    lua_pcall(L, 0, 0, 0);
   caracal_close(L);
   lua_close(L);
   return status;

@@ -357,8 +357,29 @@ static bool may_open(caracal_Pool *p) {
   return p->max_overflow < 0 || total_count(p) < p->size + p->max_overflow;
 }
 
-int caracal_pool_checkout(caracal_Pool *p, const char *holder, caracal_Conn **out, char *err,
-                          size_t errlen) {
+/* The timeout failure, with the lock held (it is released): counts the
+ * timeout and names the limits and every holder. */
+static int checkout_timeout(caracal_Pool *p, double waited, char *err, size_t errlen) {
+  char holders[700];
+  describe_holders(p, pool_now(p), holders, sizeof holders);
+  p->timeouts++;
+  int limit_overflow = p->max_overflow;
+  int size = p->size;
+  pthread_mutex_unlock(&p->mu);
+  snprintf(err, errlen,
+           "pool limit of size %d overflow %d reached, connection timed out after %.2f s "
+           "(pool_timeout); checked out by: %s",
+           size, limit_overflow, waited, holders[0] ? holders : "nobody");
+  return CARACAL_ETIMEOUT;
+}
+
+/*
+ * Both checkouts. wait: block up to pool_timeout for a connection to come
+ * back; otherwise return CARACAL_EAGAIN at once (or CARACAL_ETIMEOUT once
+ * the caller's own count of seconds waited reaches pool_timeout).
+ */
+static int checkout(caracal_Pool *p, const char *holder, bool wait, double waited,
+                    caracal_Conn **out, char *err, size_t errlen) {
   *out = NULL;
   /* An unlocked peek keeps the fast path to one lock; a miss is harmless. */
   if (__atomic_load_n(&p->deferred, __ATOMIC_RELAXED)) drain_deferred(p);
@@ -443,23 +464,66 @@ int caracal_pool_checkout(caracal_Pool *p, const char *holder, caracal_Conn **ou
       *out = c;
       return CARACAL_OK;
     }
+    if (!wait) {
+      if (waited >= p->timeout) return checkout_timeout(p, waited, err, errlen);
+      pthread_mutex_unlock(&p->mu);
+      snprintf(err, errlen, "no connection is free yet");
+      return CARACAL_EAGAIN;
+    }
     p->waiting++;
     int rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
     p->waiting--;
-    if (rc == ETIMEDOUT && p->nidle == 0 && !may_open(p) && !p->closed) {
-      char holders[700];
-      describe_holders(p, pool_now(p), holders, sizeof holders);
-      p->timeouts++;
-      int limit_overflow = p->max_overflow;
-      int size = p->size;
-      pthread_mutex_unlock(&p->mu);
-      snprintf(err, errlen,
-               "pool limit of size %d overflow %d reached, connection timed out after %.2f s "
-               "(pool_timeout); checked out by: %s",
-               size, limit_overflow, now_monotonic() - start, holders[0] ? holders : "nobody");
-      return CARACAL_ETIMEOUT;
-    }
+    if (rc == ETIMEDOUT && p->nidle == 0 && !may_open(p) && !p->closed)
+      return checkout_timeout(p, now_monotonic() - start, err, errlen);
   }
+}
+
+int caracal_pool_checkout(caracal_Pool *p, const char *holder, caracal_Conn **out, char *err,
+                          size_t errlen) {
+  return checkout(p, holder, true, 0, out, err, errlen);
+}
+
+int caracal_pool_try_checkout(caracal_Pool *p, const char *holder, double waited,
+                              caracal_Conn **out, char *err, size_t errlen) {
+  return checkout(p, holder, false, waited, out, err, errlen);
+}
+
+int caracal_pool_prewarm(caracal_Pool *p, int n, char *err, size_t errlen) {
+  int opened = 0;
+  if (__atomic_load_n(&p->deferred, __ATOMIC_RELAXED)) drain_deferred(p);
+  pthread_mutex_lock(&p->mu);
+  if (n > p->size) n = p->size; /* the idle stack holds pool_size */
+  while (!p->closed && total_count(p) < n) {
+    p->connecting++;
+    pthread_mutex_unlock(&p->mu);
+    caracal_Conn *c = conn_open(p, err, errlen);
+    pthread_mutex_lock(&p->mu);
+    p->connecting--;
+    if (!c) {
+      pthread_cond_signal(&p->cv);
+      pthread_mutex_unlock(&p->mu);
+      pool_log(p, CARACAL_LOG_WARN, "%s", err);
+      return CARACAL_ECONNECT;
+    }
+    p->connects++;
+    if (p->closed) { /* closed while connecting: not ours to keep */
+      pthread_mutex_unlock(&p->mu);
+      conn_destroy(c);
+      pthread_mutex_lock(&p->mu);
+      break;
+    }
+    conn_stamp(p, c, pool_now(p));
+    p->idle[p->nidle++] = c;
+    pthread_cond_signal(&p->cv); /* a waiter may take it */
+    opened++;
+  }
+  bool closed = p->closed;
+  pthread_mutex_unlock(&p->mu);
+  if (closed) {
+    snprintf(err, errlen, "the connection pool is closed");
+    return CARACAL_ECLOSED;
+  }
+  return opened;
 }
 
 void caracal_pool_checkin(caracal_Conn *c) {

@@ -98,13 +98,15 @@ static bool stmt_describe(Stmt *s, const PGresult *desc) {
   return true;
 }
 
-Stmt *stmt_get(caracal_Conn *conn, const char *sql, PGresult **failed) {
-  *failed = NULL;
-  if (!conn->stmts) {
-    conn->stmts = calloc(1, sizeof *conn->stmts);
-    if (!conn->stmts) return NULL;
-  }
+/* The cache of a connection, made on first use (NULL: out of memory). */
+static StmtCache *cache_of(caracal_Conn *conn) {
+  if (!conn->stmts) conn->stmts = calloc(1, sizeof *conn->stmts);
+  return conn->stmts;
+}
+
+Stmt *stmt_find(caracal_Conn *conn, const char *sql) {
   StmtCache *c = conn->stmts;
+  if (!c) return NULL;
   unsigned h = hash_sql(sql);
   for (Stmt *s = c->buckets[h % STMT_BUCKETS]; s; s = s->next) {
     if (s->hash == h && strcmp(s->sql, sql) == 0) {
@@ -115,23 +117,54 @@ Stmt *stmt_get(caracal_Conn *conn, const char *sql, PGresult **failed) {
       return s;
     }
   }
+  return NULL;
+}
 
-  if (c->count >= STMT_CACHE_MAX) {
-    Stmt *old = c->lru_tail;
-    char dealloc[48];
-    snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", old->name);
-    PQclear(PQexec(conn->pg, dealloc));
-    cache_remove(c, old);
-  }
+Stmt *stmt_victim(caracal_Conn *conn) {
+  StmtCache *c = conn->stmts;
+  return c && c->count >= STMT_CACHE_MAX ? c->lru_tail : NULL;
+}
 
+Stmt *stmt_new(caracal_Conn *conn, const char *sql) {
+  StmtCache *c = cache_of(conn);
+  if (!c) return NULL;
   Stmt *s = calloc(1, sizeof *s);
   if (!s || !(s->sql = strdup(sql))) {
     free(s);
     return NULL;
   }
-  s->hash = h;
+  s->hash = hash_sql(sql);
   snprintf(s->name, sizeof s->name, "caracal_%lu", ++c->next_id);
+  return s;
+}
 
+bool stmt_add(caracal_Conn *conn, Stmt *s, const PGresult *desc) {
+  StmtCache *c = cache_of(conn);
+  if (!c || !stmt_describe(s, desc)) return false;
+  s->next = c->buckets[s->hash % STMT_BUCKETS];
+  c->buckets[s->hash % STMT_BUCKETS] = s;
+  lru_push_front(c, s);
+  c->count++;
+  return true;
+}
+
+void stmt_discard(Stmt *s) {
+  if (s) stmt_free(s);
+}
+
+/* The blocking path, built from the same steps as lconn.c's state machine. */
+Stmt *stmt_get(caracal_Conn *conn, const char *sql, PGresult **failed) {
+  *failed = NULL;
+  Stmt *s = stmt_find(conn, sql);
+  if (s) return s;
+  Stmt *old = stmt_victim(conn);
+  if (old) {
+    char dealloc[48];
+    snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", old->name);
+    PQclear(PQexec(conn->pg, dealloc));
+    stmt_forget(conn, old);
+  }
+  if (!(s = stmt_new(conn, sql))) return NULL;
   PGresult *r = PQprepare(conn->pg, s->name, sql, 0, NULL);
   if (PQresultStatus(r) != PGRES_COMMAND_OK) {
     *failed = r;
@@ -140,15 +173,11 @@ Stmt *stmt_get(caracal_Conn *conn, const char *sql, PGresult **failed) {
   }
   PQclear(r);
   r = PQdescribePrepared(conn->pg, s->name);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK || !stmt_describe(s, r)) {
+  if (PQresultStatus(r) != PGRES_COMMAND_OK || !stmt_add(conn, s, r)) {
     *failed = r;
     stmt_free(s);
     return NULL;
   }
   PQclear(r);
-  s->next = c->buckets[h % STMT_BUCKETS];
-  c->buckets[h % STMT_BUCKETS] = s;
-  lru_push_front(c, s);
-  c->count++;
   return s;
 }

@@ -13,14 +13,17 @@ Usage: caracal [OPTIONS] [SCRIPT [ARGS...]]
        caracal COMMAND [--help]
 
 Runs Lua scripts with a PostgreSQL data layer in scope: `caracal` (the
-API), `db` (a connection manager, connected on first use) and `arg`.
-With no script and stdin not a terminal, the script is read from stdin.
+API), the models, `db` (a connection manager, connected on first use)
+and `arg`. With no script on a terminal, starts the REPL; with stdin not
+a terminal, the script is read from stdin.
 
 Options:
   -e CODE              run CODE (may be given several times)
   --url URL            database URL (overrides CARACAL_DATABASE_URL)
   --config FILE        a Lua config file returning DatabaseConfig settings
   --single-transaction run all scripts in one transaction (with `run`)
+  --read-only          REPL and scripts use read-only transactions
+  --yes, -y            do not ask before destructive commands
   --help               this help
   --version            print the version
 
@@ -58,6 +61,8 @@ local function parse(argv)
     elseif a:match("^%-%-url=") then opts.url = a:sub(7); i = i + 1
     elseif a:match("^%-%-config=") then opts.config = a:sub(10); i = i + 1
     elseif a == "--single-transaction" then opts.single = true; i = i + 1
+    elseif a == "--read-only" then opts.read_only = true; i = i + 1
+    elseif a == "--yes" or a == "-y" then opts.yes = true; i = i + 1
     elseif a == "--help" or a == "-h" then opts.help = true; i = i + 1
     elseif a == "--version" or a == "-v" then opts.version = true; i = i + 1
     elseif a == "-" then rest[#rest + 1] = a; i = i + 1
@@ -81,6 +86,7 @@ function M.manager(opts)
     else
       M._manager = db.initialize_connection_manager()
     end
+    M._manager.readonly = opts.read_only or false
   end
   return M._manager
 end

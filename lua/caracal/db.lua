@@ -65,9 +65,11 @@ Session.__index = Session
 Session.__name = "caracal.Session"
 
 local function new_session(manager, opts)
+  local readonly = manager.readonly or false
+  if opts and opts.readonly ~= nil then readonly = opts.readonly end
   return setmetatable({
     manager = manager, conn = nil, depth = 0, lost = false, closed = false,
-    holder = opts and opts.holder, readonly = opts and opts.readonly or false,
+    holder = opts and opts.holder, readonly = readonly,
     pending = {},
   }, Session)
 end
@@ -162,7 +164,21 @@ end
 function Session:execute_script(sql)
   check_open(self)
   ensure_transaction(self)
-  return self.conn:exec_script(sql)
+  local conn = self.conn
+  echo(self, sql, 0)
+  local ok, rows, count, tag = pcall(conn.exec_script, conn, sql)
+  if not ok then
+    if conn:is_lost() then self.lost = true end
+    error(locate(rows), 0)
+  end
+  return rows, count, tag
+end
+
+--- Begin a transaction now (statements begin one by themselves; this is
+-- for an explicit start, as the REPL's `begin()`). No-op inside one.
+function Session:begin()
+  check_open(self)
+  ensure_transaction(self)
 end
 
 --- Notices the server sent (NOTICE, WARNING) since the last call.
@@ -312,7 +328,8 @@ Manager.__index = Manager
 Manager.__name = "caracal.ConnectionManager"
 
 --- A new session (see `Session`). `opts.readonly` begins read-only
--- transactions.
+-- transactions (the default is the manager's `readonly` field, which
+-- `caracal --read-only` sets).
 function Manager:session(opts)
   if self.closed then error("the connection manager is closed", 2) end
   return new_session(self, opts)

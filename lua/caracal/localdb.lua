@@ -226,12 +226,14 @@ local function server_ctx(L)
   return { user = user, runas = user, group = group }
 end
 
--- The command line running cmd as the server user, from /.
+-- The command line running cmd as the server user, from /. The server
+-- never inherits the client's LD_PRELOAD (a sanitizer runtime preloaded
+-- for the tests would hang or break postgres).
 local function as(ctx, cmd)
   if ctx.runas then
-    return "cd / && runuser -u " .. q(ctx.runas) .. " -- " .. cmd
+    return "cd / && env -u LD_PRELOAD runuser -u " .. q(ctx.runas) .. " -- " .. cmd
   end
-  return "cd / && " .. cmd
+  return "cd / && env -u LD_PRELOAD " .. cmd
 end
 
 -- PostgreSQL binaries --------------------------------------------------------
