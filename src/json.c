@@ -27,6 +27,7 @@
 #define JSON_MAX_DEPTH 500
 
 static const char JSON_ARRAY_MT = 0; /* registry key of the array marker */
+static const char JSON_BUF_MT = 0;   /* registry key of the encoder buffer's metatable */
 
 static void push_array_mt(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &JSON_ARRAY_MT);
@@ -121,7 +122,10 @@ static void decode_string(Decoder *d) {
         } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
           decode_error(d, "lone surrogate");
         }
-        if (cp == 0) decode_error(d, "\\u0000 is not allowed");
+        if (cp == 0) {
+          d->p -= 6; /* report where the escape starts */
+          decode_error(d, "\\u0000 is not allowed");
+        }
         add_utf8(&b, cp);
         break;
       }
@@ -244,9 +248,48 @@ void json_push_decoded(lua_State *L, const char *s, size_t len) {
 
 /* ---- encoding -------------------------------------------------------------- */
 
+/*
+ * The output buffer. Not a luaL_Buffer: the encoder pushes keys and
+ * values while it writes, and a luaL_Buffer needs the stack balanced
+ * between its calls. This one lives in a userdata at a fixed stack slot,
+ * so the stack above it is free; __gc frees the bytes if an error
+ * unwinds the encoder.
+ */
+typedef struct JBuf {
+  lua_State *L;
+  char *p;
+  size_t n, cap;
+} JBuf;
+
+static int jbuf_gc(lua_State *L) {
+  JBuf *b = lua_touserdata(L, 1);
+  free(b->p);
+  b->p = NULL;
+  return 0;
+}
+
+static void jb_addlstring(JBuf *b, const char *s, size_t n) {
+  if (b->cap - b->n < n) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->n < n) {
+      if (cap > ((size_t)-1) / 2) luaL_error(b->L, "cannot encode as JSON: value too large");
+      cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (!p) luaL_error(b->L, "cannot encode as JSON: out of memory");
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, s, n);
+  b->n += n;
+}
+
+static void jb_addstring(JBuf *b, const char *s) { jb_addlstring(b, s, strlen(s)); }
+static void jb_addchar(JBuf *b, char c) { jb_addlstring(b, &c, 1); }
+
 typedef struct Encoder {
   lua_State *L;
-  luaL_Buffer *b;
+  JBuf *b;
   bool ascii; /* escape non-ASCII as \uXXXX (canonical signing form) */
   int depth;
 } Encoder;
@@ -271,8 +314,8 @@ static int utf8_next(const unsigned char *s, size_t n, unsigned *cp) {
 
 static void encode_string(Encoder *e, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
-  luaL_Buffer *b = e->b;
-  luaL_addchar(b, '"');
+  JBuf *b = e->b;
+  jb_addchar(b, '"');
   for (size_t i = 0; i < n;) {
     unsigned char c = (unsigned char)s[i];
     if (c >= 0x80) {
@@ -280,7 +323,7 @@ static void encode_string(Encoder *e, const char *s, size_t n) {
       int len = utf8_next((const unsigned char *)s + i, n - i, &cp);
       if (!len) luaL_error(e->L, "cannot encode as JSON: invalid UTF-8 at byte %d of a string", (int)i + 1);
       if (!e->ascii) {
-        luaL_addlstring(b, s + i, (size_t)len);
+        jb_addlstring(b, s + i, (size_t)len);
       } else {
         unsigned units[2] = {cp, 0};
         int nu = 1;
@@ -292,32 +335,32 @@ static void encode_string(Encoder *e, const char *s, size_t n) {
         for (int k = 0; k < nu; k++) {
           char u[6] = {'\\', 'u', hex[(units[k] >> 12) & 15], hex[(units[k] >> 8) & 15],
                        hex[(units[k] >> 4) & 15], hex[units[k] & 15]};
-          luaL_addlstring(b, u, 6);
+          jb_addlstring(b, u, 6);
         }
       }
       i += (size_t)len;
       continue;
     }
     switch (c) {
-      case '"': luaL_addstring(b, "\\\""); break;
-      case '\\': luaL_addstring(b, "\\\\"); break;
-      case '\n': luaL_addstring(b, "\\n"); break;
-      case '\r': luaL_addstring(b, "\\r"); break;
-      case '\t': luaL_addstring(b, "\\t"); break;
-      case '\b': luaL_addstring(b, "\\b"); break;
-      case '\f': luaL_addstring(b, "\\f"); break;
+      case '"': jb_addstring(b, "\\\""); break;
+      case '\\': jb_addstring(b, "\\\\"); break;
+      case '\n': jb_addstring(b, "\\n"); break;
+      case '\r': jb_addstring(b, "\\r"); break;
+      case '\t': jb_addstring(b, "\\t"); break;
+      case '\b': jb_addstring(b, "\\b"); break;
+      case '\f': jb_addstring(b, "\\f"); break;
       default:
         if (c == 0) luaL_error(e->L, "cannot encode as JSON: a string contains a NUL byte");
         if (c < 0x20) {
           char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-          luaL_addlstring(b, u, 6);
+          jb_addlstring(b, u, 6);
         } else {
-          luaL_addchar(b, (char)c);
+          jb_addchar(b, (char)c);
         }
     }
     i++;
   }
-  luaL_addchar(b, '"');
+  jb_addchar(b, '"');
 }
 
 static void encode_number(Encoder *e, int idx) {
@@ -333,7 +376,7 @@ static void encode_number(Encoder *e, int idx) {
       if (strtod(buf, NULL) == v) break;
     }
   }
-  luaL_addstring(e->b, buf);
+  jb_addstring(e->b, buf);
 }
 
 /* Array when marked, or when the keys are exactly 1..n with n >= 1. */
@@ -378,14 +421,14 @@ static void encode_table(Encoder *e, int idx) {
   luaL_checkstack(L, 6, "JSON nested too deeply");
   lua_Integer n;
   if (is_array(L, idx, &n)) {
-    luaL_addchar(e->b, '[');
+    jb_addchar(e->b, '[');
     for (lua_Integer i = 1; i <= n; i++) {
-      if (i > 1) luaL_addchar(e->b, ',');
+      if (i > 1) jb_addchar(e->b, ',');
       lua_rawgeti(L, idx, i);
       encode_value(e, lua_gettop(L));
       lua_pop(L, 1);
     }
-    luaL_addchar(e->b, ']');
+    jb_addchar(e->b, ']');
     e->depth--;
     return;
   }
@@ -413,11 +456,11 @@ static void encode_table(Encoder *e, int idx) {
     lua_pop(L, 1);
   }
   qsort(sorted, (size_t)nk, sizeof *sorted, key_cmp);
-  luaL_addchar(e->b, '{');
+  jb_addchar(e->b, '{');
   for (lua_Integer i = 0; i < nk; i++) {
-    if (i) luaL_addchar(e->b, ',');
+    if (i) jb_addchar(e->b, ',');
     encode_string(e, sorted[i].s, sorted[i].n);
-    luaL_addchar(e->b, ':');
+    jb_addchar(e->b, ':');
     lua_pushlstring(L, sorted[i].s, sorted[i].n);
     if (lua_rawget(L, idx) == LUA_TNIL) { /* the key was an integer */
       lua_pop(L, 1);
@@ -427,7 +470,7 @@ static void encode_table(Encoder *e, int idx) {
     encode_value(e, lua_gettop(L));
     lua_pop(L, 1);
   }
-  luaL_addchar(e->b, '}');
+  jb_addchar(e->b, '}');
   lua_pop(L, 2); /* sorted, keys */
   e->depth--;
 }
@@ -435,8 +478,8 @@ static void encode_table(Encoder *e, int idx) {
 static void encode_value(Encoder *e, int idx) {
   lua_State *L = e->L;
   switch (lua_type(L, idx)) {
-    case LUA_TNIL: luaL_addstring(e->b, "null"); break;
-    case LUA_TBOOLEAN: luaL_addstring(e->b, lua_toboolean(L, idx) ? "true" : "false"); break;
+    case LUA_TNIL: jb_addstring(e->b, "null"); break;
+    case LUA_TBOOLEAN: jb_addstring(e->b, lua_toboolean(L, idx) ? "true" : "false"); break;
     case LUA_TNUMBER: encode_number(e, idx); break;
     case LUA_TSTRING: {
       size_t n;
@@ -447,7 +490,7 @@ static void encode_value(Encoder *e, int idx) {
     case LUA_TTABLE: encode_table(e, idx); break;
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(L, idx) == NULL) {
-        luaL_addstring(e->b, "null");
+        jb_addstring(e->b, "null");
         break;
       }
       /* fallthrough */
@@ -469,11 +512,16 @@ static void encode_value(Encoder *e, int idx) {
 /* Encoding runs in a buffer on the stack, so the value must sit below it. */
 static const char *encode_at(lua_State *L, int idx, bool ascii, size_t *len) {
   idx = lua_absindex(L, idx);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  Encoder e = {L, &b, ascii, 0};
+  JBuf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->L = L;
+  b->p = NULL;
+  b->n = b->cap = 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &JSON_BUF_MT);
+  lua_setmetatable(L, -2);
+  Encoder e = {L, b, ascii, 0};
   encode_value(&e, idx);
-  luaL_pushresult(&b);
+  lua_pushlstring(L, b->p ? b->p : "", b->n);
+  lua_remove(L, -2); /* the buffer; its __gc frees the bytes */
   return lua_tolstring(L, -1, len);
 }
 
@@ -527,6 +575,13 @@ static int json_is_array(lua_State *L) {
 }
 
 void json_open(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JSON_BUF_MT) == LUA_TNIL) {
+    lua_newtable(L);
+    lua_pushcfunction(L, jbuf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &JSON_BUF_MT);
+  }
+  lua_pop(L, 1);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JSON_ARRAY_MT) == LUA_TNIL) {
     lua_pop(L, 1);
     lua_newtable(L);

@@ -5,7 +5,7 @@
  * signals, and the cancel key of the REPL's connection. main.c registers
  * it as package.loaded["caracal.host"]:
  *
- *   host.isatty()                   is stdin a terminal?
+ *   host.isatty([which])            is stdin (or stdout, stderr) a terminal?
  *   host.repl(opts)                 require("caracal.repl").run(opts)
  *   host.readline(prompt)           a line; nil at end of input; false on Ctrl-C
  *   host.history_load(path, max)    read the history file (created 0600)
@@ -382,8 +382,12 @@ static int host_set_cancel(lua_State *L) {
   return 0;
 }
 
+/* host.isatty([which]) -> is "stdin" (default), "stdout" or "stderr" a terminal? */
 static int host_isatty(lua_State *L) {
-  lua_pushboolean(L, isatty(STDIN_FILENO));
+  static const char *const names[] = {"stdin", "stdout", "stderr", NULL};
+  static const int fds[] = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
+  int which = luaL_checkoption(L, 1, "stdin", names);
+  lua_pushboolean(L, isatty(fds[which]));
   return 1;
 }
 

@@ -29,10 +29,19 @@ Options:
 
 Commands:
   run FILE...          run scripts in order
+  db COMMAND           schema migrations (caracal db --help)
   health               exit 0 when the database answers, 1 otherwise
-  status               database URL (password masked), server, pool
+  status               database URL (password masked), server, pool,
+                       schema revision
   local start|stop|status|destroy
                        the local cluster in .caracal/ (CARACAL_HOME)
+
+Admin tasks (each has --help):
+  principal add|list|show     policy set|list
+  ledger record|list|spending|import
+  snapshot create|list|show|prune
+  mandate issue|validate|revoke|list|show
+  merkle batch|proof|verify|backfill
 
 Without --url, CARACAL_DATABASE_URL or a config file, Caracal starts and
 uses a local cluster in ./.caracal (created on first use).
@@ -189,10 +198,15 @@ end
 
 function commands.status(opts, args)
   if args[1] == "--help" then
-    io.write("Usage: caracal status [--json]\nDatabase URL (password masked), server version and pool status.\n")
+    io.write("Usage: caracal status [--json]\nDatabase URL (password masked), server version, pool status,\n" ..
+             "schema revision and pending migrations. Exit 1 when the database cannot be reached.\n")
     return 0
   end
-  local manager = M.manager(opts)
+  local ok_m, manager = pcall(M.manager, opts)
+  if not ok_m then
+    stderr("caracal: %s\n", M.format_error(manager))
+    return 1
+  end
   local info = { url = manager.config:masked_url() }
   local ok, err = pcall(function()
     manager:session_scope(function(s)
@@ -201,6 +215,14 @@ function commands.status(opts, args)
   end)
   info.healthy = ok
   if not ok then info.error = tostring(err) end
+  if ok then
+    local mok, cur = pcall(require("caracal.migrate").current, manager)
+    if mok then
+      info.schema = { revision = cur.revision, head = cur.head, pending = cur.pending, dirty = cur.dirty }
+    else
+      info.schema = { error = tostring(cur) }
+    end
+  end
   info.pool = manager:get_pool_status()
   if args[1] == "--json" then
     io.write(core.json_encode(info), "\n")
@@ -210,12 +232,58 @@ function commands.status(opts, args)
     local p = info.pool
     io.write(string.format("pool:     size %d, checked in %d, checked out %d, overflow %d, total %d\n",
       p.size, p.checked_in, p.checked_out, p.overflow, p.total))
+    local sc = info.schema
+    if sc and sc.error then
+      io.write("schema:   ", sc.error, "\n")
+    elseif sc then
+      io.write(string.format("schema:   revision %s (head %s), %d pending%s\n", sc.revision or "none",
+        sc.head or "none", sc.pending or 0, sc.dirty and (", dirty at " .. sc.dirty) or ""))
+    end
   end
   return ok and 0 or 1
 end
 
 commands["local"] = function(_, args)
   return require("caracal.localdb").main(args)
+end
+
+--- What commands and tasks get from the command line: the manager (made
+-- on first use), terminal checks, and confirmation of destructive steps.
+function M.context(opts)
+  local ctx = { yes = opts.yes or false, dir = opts.dir }
+  function ctx.manager() return M.manager(opts) end
+  function ctx.isatty(which)
+    if which == 0 then which = "stdin" elseif which == 1 then which = "stdout" end
+    local ok, host = pcall(require, "caracal.host")
+    return ok and host.isatty and host.isatty(which or "stdin") or false
+  end
+  function ctx.read_line() return io.read("l") end
+  function ctx.confirm(question)
+    if ctx.yes then return true end
+    if not ctx.isatty("stdin") then return false end
+    io.stderr:write(question, " [y/N] ")
+    io.stderr:flush()
+    local answer = io.read("l") or ""
+    return answer:match("^%s*[yY]") ~= nil
+  end
+  return ctx
+end
+
+function commands.db(opts, args)
+  return require("caracal.migrate").main(args, M.context(opts))
+end
+
+-- Admin tasks: lua/caracal/tasks/NAME.lua, each `main(argv, ctx)`.
+M.tasks = { "principal", "policy", "ledger", "snapshot", "mandate", "merkle" }
+for _, name in ipairs(M.tasks) do
+  commands[name] = function(opts, args)
+    local ok, mod = pcall(require, "caracal.tasks." .. name)
+    if not ok then
+      stderr("caracal: the %s task is not available: %s\n", name, tostring(mod))
+      return 1
+    end
+    return mod.main(args, M.context(opts))
+  end
 end
 
 function commands.run(opts, args)

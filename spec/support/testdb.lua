@@ -25,6 +25,40 @@ function M.sql(sql, ...)
   return rows
 end
 
+--- Run one statement outside any transaction (CREATE/DROP DATABASE).
+function M.admin(sql)
+  local m = M.manager({ pool_size = 1, max_overflow = 0 })
+  local conn = m.pool:checkout("testdb.admin")
+  local ok, err = pcall(conn.exec_script, conn, sql)
+  conn:release()
+  m:close()
+  if not ok then error(err, 0) end
+end
+
+--- A new empty database on the test cluster: `{name, url, manager, drop}`.
+-- With `opts.migrate`, it is upgraded to `opts.migrate` ("head", or a
+-- revision) by the project's migrations. `drop()` closes and drops it.
+function M.fresh_database(prefix, opts)
+  opts = opts or {}
+  local name = string.format("%s_%s", prefix or "t", require("caracal.core").uuid4():gsub("-", ""):sub(1, 12))
+  M.admin('CREATE DATABASE "' .. name .. '"')
+  local url = M.url:gsub("/[^/?]*$", "/" .. name, 1)
+  local d = { name = name, url = url }
+  d.manager = db.create_connection_manager({ url = url, pool_size = opts.pool_size or 4,
+                                             max_overflow = opts.max_overflow or 4, pool_timeout = 10 })
+  if opts.migrate then
+    local root = os.getenv("CARACAL_ROOT") or "."
+    require("caracal.migrate").upgrade(d.manager, opts.migrate, { dir = root .. "/migrations" })
+  end
+  function d.drop()
+    if d.dropped then return end
+    d.dropped = true
+    d.manager:close()
+    M.admin('DROP DATABASE IF EXISTS "' .. name .. '" WITH (FORCE)')
+  end
+  return d
+end
+
 --- Run a shell command; returns its output and exit code.
 function M.sh(cmd)
   local p = io.popen(cmd .. " 2>&1; echo \"__rc=$?\"")
