@@ -97,16 +97,25 @@ local function echo(self, sql, n)
   end
 end
 
+-- Call a Connection method (execute, exec_script: both return rows,
+-- count, tag). On failure, note a lost connection and raise the error
+-- located at the user's line.
+local function on_conn(self, method, sql, ...)
+  local conn = self.conn
+  local ok, rows, count, tag = pcall(method, conn, sql, ...)
+  if not ok then
+    if conn:is_lost() then self.lost = true end
+    error(locate(rows), 0)
+  end
+  return rows, count, tag
+end
+
 -- Run a control statement (BEGIN, COMMIT, SAVEPOINT ...) with the simple
 -- protocol: one round trip, nothing to prepare.
 local function control(self, sql)
   local conn = self:connection()
   echo(self, sql, 0)
-  local ok, rows, count, tag = pcall(conn.exec_script, conn, sql)
-  if not ok then
-    if conn:is_lost() then self.lost = true end
-    error(locate(rows), 0)
-  end
+  local _, _, tag = on_conn(self, conn.exec_script, sql)
   return tag
 end
 
@@ -135,14 +144,8 @@ function Session:execute(sql, ...)
   if type(sql) ~= "string" then error("bad argument #1 to 'execute' (string expected, got " .. type(sql) .. ")", 2) end
   if #self.pending > 0 and self.flush then self:flush() end
   ensure_transaction(self)
-  local conn = self.conn
   echo(self, sql, select("#", ...))
-  local ok, rows, count, tag = pcall(conn.execute, conn, sql, ...)
-  if not ok then
-    if conn:is_lost() then self.lost = true end
-    error(locate(rows), 0)
-  end
-  return rows, count, tag
+  return on_conn(self, self.conn.execute, sql, ...)
 end
 
 --- The first row of a statement, or nil.
@@ -164,14 +167,8 @@ end
 function Session:execute_script(sql)
   check_open(self)
   ensure_transaction(self)
-  local conn = self.conn
   echo(self, sql, 0)
-  local ok, rows, count, tag = pcall(conn.exec_script, conn, sql)
-  if not ok then
-    if conn:is_lost() then self.lost = true end
-    error(locate(rows), 0)
-  end
-  return rows, count, tag
+  return on_conn(self, self.conn.exec_script, sql)
 end
 
 --- Begin a transaction now (statements begin one by themselves; this is

@@ -101,6 +101,23 @@ function M.list_option(text)
   return out
 end
 
+--- A task's whole command line: parse argv against `spec` (see
+-- caracal.args), print `usage` for --help (exit 0) or no command (exit 2),
+-- and run `handlers[command](ctx, opts, words)` through `M.run`.
+-- @treturn integer the exit code
+function M.dispatch(argv, ctx, usage, spec, handlers)
+  local opts, words = require("caracal.args").parse(argv, spec)
+  if not opts then return M.usage_error(usage, words) end
+  local sub = words[1]
+  if opts.help or not sub then
+    io.write(usage)
+    return opts.help and 0 or 2
+  end
+  local handler = handlers[sub]
+  if not handler then return M.usage_error(usage, "unknown command '" .. sub .. "'") end
+  return M.run(usage, function() return handler(ctx, opts, words) end)
+end
+
 --- Run a task body, turning raised errors into exit codes: a `{usage=}`
 -- table is a usage error (2), anything else a failure (1).
 function M.run(usage, fn)

@@ -1,6 +1,5 @@
 --- `caracal ledger record|list|spending|import`: the spending ledger.
 -- @module caracal.tasks.ledger
-local args = require "caracal.args"
 local core = require "caracal.core"
 local models = require "caracal.models"
 local progress = require "caracal.progress"
@@ -176,17 +175,8 @@ local function import(ctx, opts, words)
 end
 
 function M.main(argv, ctx)
-  local opts, words = args.parse(argv, SPEC)
-  if not opts then return task.usage_error(M.usage, words) end
-  local sub = words[1]
-  if opts.help or not sub then
-    io.write(M.usage)
-    return opts.help and 0 or 2
-  end
-  local handlers = { record = record, list = list, spending = totals, import = import }
-  local handler = handlers[sub]
-  if not handler then return task.usage_error(M.usage, "unknown ledger command '" .. sub .. "'") end
-  return task.run(M.usage, function() handler(ctx, opts, words) end)
+  return task.dispatch(argv, ctx, M.usage, SPEC,
+                       { record = record, list = list, spending = totals, import = import })
 end
 
 return M

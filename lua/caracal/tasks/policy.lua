@@ -1,6 +1,5 @@
 --- `caracal policy set|list`: mandate issuance policies.
 -- @module caracal.tasks.policy
-local args = require "caracal.args"
 local authority = require "caracal.authority"
 local task = require "caracal.task"
 
@@ -29,53 +28,48 @@ local function integer_option(name, v)
   return n
 end
 
-function M.main(argv, ctx)
-  local opts, words = args.parse(argv, SPEC)
-  if not opts then return task.usage_error(M.usage, words) end
-  local sub = words[1]
-  if opts.help or not sub then
-    io.write(M.usage)
-    return opts.help and 0 or 2
-  end
-  return task.run(M.usage, function()
-    if sub == "set" then
-      if not words[2] then error({ usage = "policy set needs a PRINCIPAL" }, 0) end
-      if not opts.max_validity then error({ usage = "policy set needs --max-validity SECONDS" }, 0) end
-      local policy = ctx.manager():session_scope(function(s)
-        local p = task.need_principal(s, words[2])
-        return authority.set_policy(s, p.principal_id, {
-          max_validity_seconds = integer_option("max-validity", opts.max_validity),
-          allowed_resource_patterns = task.list_option(opts.resources),
-          allowed_actions = task.list_option(opts.actions),
-          allow_delegation = opts.allow_delegation or false,
-          max_delegation_depth = integer_option("max-depth", opts.max_depth) or 0,
-          created_by = opts.created_by or os.getenv("USER") or "caracal",
-        })
-      end)
-      task.emit(opts, policy, function() io.write("active policy ", policy.policy_id, "\n") end)
-    elseif sub == "list" then
-      local list = ctx.manager():session_scope(function(s)
-        local filters = {}
-        if words[2] then filters.principal_id = task.need_principal(s, words[2]).principal_id end
-        if not opts.all then filters.active = true end
-        return s:query("AuthorityPolicy", filters, { order_by = { "created_at" } })
-      end)
-      task.emit(opts, list, function()
-        local shown = {}
-        for i, p in ipairs(list) do
-          shown[i] = {
-            principal_id = p.principal_id, active = p.active, max_validity_seconds = p.max_validity_seconds,
-            resources = table.concat(p.allowed_resource_patterns, ","),
-            actions = table.concat(p.allowed_actions, ","),
-            delegation = p.allow_delegation and ("depth " .. p.max_delegation_depth) or "no",
-          }
-        end
-        task.print_table(shown, { "principal_id", "active", "max_validity_seconds", "resources", "actions", "delegation" })
-      end)
-    else
-      error({ usage = "unknown policy command '" .. sub .. "'" }, 0)
-    end
+local handlers = {}
+
+function handlers.set(ctx, opts, words)
+  if not words[2] then error({ usage = "policy set needs a PRINCIPAL" }, 0) end
+  if not opts.max_validity then error({ usage = "policy set needs --max-validity SECONDS" }, 0) end
+  local policy = ctx.manager():session_scope(function(s)
+    local p = task.need_principal(s, words[2])
+    return authority.set_policy(s, p.principal_id, {
+      max_validity_seconds = integer_option("max-validity", opts.max_validity),
+      allowed_resource_patterns = task.list_option(opts.resources),
+      allowed_actions = task.list_option(opts.actions),
+      allow_delegation = opts.allow_delegation or false,
+      max_delegation_depth = integer_option("max-depth", opts.max_depth) or 0,
+      created_by = opts.created_by or os.getenv("USER") or "caracal",
+    })
   end)
+  task.emit(opts, policy, function() io.write("active policy ", policy.policy_id, "\n") end)
+end
+
+function handlers.list(ctx, opts, words)
+  local list = ctx.manager():session_scope(function(s)
+    local filters = {}
+    if words[2] then filters.principal_id = task.need_principal(s, words[2]).principal_id end
+    if not opts.all then filters.active = true end
+    return s:query("AuthorityPolicy", filters, { order_by = { "created_at" } })
+  end)
+  task.emit(opts, list, function()
+    local shown = {}
+    for i, p in ipairs(list) do
+      shown[i] = {
+        principal_id = p.principal_id, active = p.active, max_validity_seconds = p.max_validity_seconds,
+        resources = table.concat(p.allowed_resource_patterns, ","),
+        actions = table.concat(p.allowed_actions, ","),
+        delegation = p.allow_delegation and ("depth " .. p.max_delegation_depth) or "no",
+      }
+    end
+    task.print_table(shown, { "principal_id", "active", "max_validity_seconds", "resources", "actions", "delegation" })
+  end)
+end
+
+function M.main(argv, ctx)
+  return task.dispatch(argv, ctx, M.usage, SPEC, handlers)
 end
 
 return M

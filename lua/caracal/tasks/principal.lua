@@ -1,7 +1,6 @@
 --- `caracal principal add|list|show`: principal identities.
 -- A short script on the public API; copy it to write your own task.
 -- @module caracal.tasks.principal
-local args = require "caracal.args"
 local authority = require "caracal.authority"
 local task = require "caracal.task"
 
@@ -32,45 +31,42 @@ local function show_principal(p)
   end
 end
 
-function M.main(argv, ctx)
-  local opts, words = args.parse(argv, SPEC)
-  if not opts then return task.usage_error(M.usage, words) end
-  local sub = words[1]
-  if opts.help or not sub then
-    io.write(M.usage)
-    return opts.help and 0 or 2
-  end
-  return task.run(M.usage, function()
-    if sub == "add" then
-      local name = words[2]
-      if not name then error({ usage = "principal add needs a NAME" }, 0) end
-      if not opts.type then error({ usage = "principal add needs --type agent|user|service" }, 0) end
-      if not opts.owner then error({ usage = "principal add needs --owner" }, 0) end
-      local metadata = task.json_option("metadata", opts.metadata)
-      local p = ctx.manager():session_scope(function(s)
-        local parent = opts.parent and task.need_principal(s, opts.parent) or nil
-        return authority.add_principal(s, {
-          name = name, principal_type = opts.type, owner = opts.owner, metadata = metadata,
-          parent_principal_id = parent and parent.principal_id, generate_keys = opts.generate_keys or false,
-        })
-      end)
-      task.emit(opts, p, function() io.write("added ", tostring(p), "\n") end)
-    elseif sub == "list" then
-      local filters = opts.type and { principal_type = opts.type } or nil
-      local list = ctx.manager():session_scope(function(s)
-        return s:query("Principal", filters, { order_by = { "created_at", "name" } })
-      end)
-      task.emit(opts, list, function()
-        task.print_table(list, { "name", "principal_type", "owner", "principal_id" })
-      end)
-    elseif sub == "show" then
-      if not words[2] then error({ usage = "principal show needs a NAME or ID" }, 0) end
-      local p = ctx.manager():session_scope(function(s) return task.need_principal(s, words[2]) end)
-      task.emit(opts, p, show_principal)
-    else
-      error({ usage = "unknown principal command '" .. sub .. "'" }, 0)
-    end
+local handlers = {}
+
+function handlers.add(ctx, opts, words)
+  local name = words[2]
+  if not name then error({ usage = "principal add needs a NAME" }, 0) end
+  if not opts.type then error({ usage = "principal add needs --type agent|user|service" }, 0) end
+  if not opts.owner then error({ usage = "principal add needs --owner" }, 0) end
+  local metadata = task.json_option("metadata", opts.metadata)
+  local p = ctx.manager():session_scope(function(s)
+    local parent = opts.parent and task.need_principal(s, opts.parent) or nil
+    return authority.add_principal(s, {
+      name = name, principal_type = opts.type, owner = opts.owner, metadata = metadata,
+      parent_principal_id = parent and parent.principal_id, generate_keys = opts.generate_keys or false,
+    })
   end)
+  task.emit(opts, p, function() io.write("added ", tostring(p), "\n") end)
+end
+
+function handlers.list(ctx, opts)
+  local filters = opts.type and { principal_type = opts.type } or nil
+  local list = ctx.manager():session_scope(function(s)
+    return s:query("Principal", filters, { order_by = { "created_at", "name" } })
+  end)
+  task.emit(opts, list, function()
+    task.print_table(list, { "name", "principal_type", "owner", "principal_id" })
+  end)
+end
+
+function handlers.show(ctx, opts, words)
+  if not words[2] then error({ usage = "principal show needs a NAME or ID" }, 0) end
+  local p = ctx.manager():session_scope(function(s) return task.need_principal(s, words[2]) end)
+  task.emit(opts, p, show_principal)
+end
+
+function M.main(argv, ctx)
+  return task.dispatch(argv, ctx, M.usage, SPEC, handlers)
 end
 
 return M

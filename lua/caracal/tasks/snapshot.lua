@@ -1,6 +1,6 @@
 --- `caracal snapshot create|list|show|prune`: ledger snapshots.
 -- @module caracal.tasks.snapshot
-local args = require "caracal.args"
+local core = require "caracal.core"
 local snapshot = require "caracal.snapshot"
 local task = require "caracal.task"
 
@@ -21,57 +21,56 @@ prune   deletes snapshots older than N days (default 90); asks first
 
 local SPEC = { limit = "value", days = "value", json = "flag", yes = "flag" }
 
-function M.main(argv, ctx)
-  local opts, words = args.parse(argv, SPEC)
-  if not opts then return task.usage_error(M.usage, words) end
-  local sub = words[1]
-  if opts.help or not sub then
-    io.write(M.usage)
-    return opts.help and 0 or 2
-  end
-  return task.run(M.usage, function()
-    local manager = ctx.manager()
-    if sub == "create" then
-      local snap = manager:session_scope(function(s) return snapshot.create(s) end)
-      task.emit(opts, snap, function()
-        io.write(string.format("snapshot %s: %d events, merkle root %s\n", snap.snapshot_id,
-          snap.total_events, snap.merkle_root ~= "" and snap.merkle_root or "(none)"))
-      end)
-    elseif sub == "list" then
-      local limit = math.tointeger(tonumber(opts.limit or "10"))
-      if not limit or limit < 0 then error({ usage = "--limit must be a non-negative integer" }, 0) end
-      local list = manager:session_scope(function(s) return snapshot.list(s, { limit = limit }) end)
-      task.emit(opts, list, function()
-        task.print_table(list, { "snapshot_id", "created_at", "total_events", "merkle_root" })
-      end)
-    elseif sub == "show" then
-      if not words[2] then error({ usage = "snapshot show needs an ID" }, 0) end
-      local snap = manager:session_scope(function(s) return snapshot.show(s, words[2]) end)
-      if not snap then error(require("caracal.core").Error { kind = "not_found",
-        message = "unknown snapshot '" .. words[2] .. "'" }, 0) end
-      task.emit(opts, snap, function()
-        io.write(string.format("snapshot %s\ncreated_at    %s\ntotal_events  %d\nmerkle_root   %s\n",
-          snap.snapshot_id, tostring(snap.created_at), snap.total_events, snap.merkle_root))
-        local rows = { columns = { "agent_id", "spent" } }
-        for agent, total in pairs(snap.snapshot_data.agent_spending or {}) do
-          rows[#rows + 1] = { agent_id = agent, spent = total }
-        end
-        table.sort(rows, function(a, b) return a.agent_id < b.agent_id end)
-        task.print_table(rows, rows.columns)
-      end)
-    elseif sub == "prune" then
-      local days = tonumber(opts.days or "90")
-      if not days or days < 0 then error({ usage = "--days must be a non-negative number" }, 0) end
-      if not (opts.yes or ctx.yes) and not ctx.confirm(string.format("Delete snapshots older than %s days?", days)) then
-        io.stderr:write("caracal: not confirmed; pass --yes to prune without asking\n")
-        return 1
-      end
-      local n = manager:session_scope(function(s) return snapshot.prune(s, { retention_days = days }) end)
-      task.emit(opts, { deleted = n }, function() io.write("deleted ", n, " snapshots\n") end)
-    else
-      error({ usage = "unknown snapshot command '" .. sub .. "'" }, 0)
-    end
+local handlers = {}
+
+function handlers.create(ctx, opts)
+  local snap = ctx.manager():session_scope(function(s) return snapshot.create(s) end)
+  task.emit(opts, snap, function()
+    io.write(string.format("snapshot %s: %d events, merkle root %s\n", snap.snapshot_id,
+      snap.total_events, snap.merkle_root ~= "" and snap.merkle_root or "(none)"))
   end)
+end
+
+function handlers.list(ctx, opts)
+  local limit = math.tointeger(tonumber(opts.limit or "10"))
+  if not limit or limit < 0 then error({ usage = "--limit must be a non-negative integer" }, 0) end
+  local list = ctx.manager():session_scope(function(s) return snapshot.list(s, { limit = limit }) end)
+  task.emit(opts, list, function()
+    task.print_table(list, { "snapshot_id", "created_at", "total_events", "merkle_root" })
+  end)
+end
+
+function handlers.show(ctx, opts, words)
+  if not words[2] then error({ usage = "snapshot show needs an ID" }, 0) end
+  local snap = ctx.manager():session_scope(function(s) return snapshot.show(s, words[2]) end)
+  if not snap then
+    error(core.Error { kind = "not_found", message = "unknown snapshot '" .. words[2] .. "'" }, 0)
+  end
+  task.emit(opts, snap, function()
+    io.write(string.format("snapshot %s\ncreated_at    %s\ntotal_events  %d\nmerkle_root   %s\n",
+      snap.snapshot_id, tostring(snap.created_at), snap.total_events, snap.merkle_root))
+    local rows = { columns = { "agent_id", "spent" } }
+    for agent, total in pairs(snap.snapshot_data.agent_spending or {}) do
+      rows[#rows + 1] = { agent_id = agent, spent = total }
+    end
+    table.sort(rows, function(a, b) return a.agent_id < b.agent_id end)
+    task.print_table(rows, rows.columns)
+  end)
+end
+
+function handlers.prune(ctx, opts)
+  local days = tonumber(opts.days or "90")
+  if not days or days < 0 then error({ usage = "--days must be a non-negative number" }, 0) end
+  if not (opts.yes or ctx.yes) and not ctx.confirm(string.format("Delete snapshots older than %s days?", days)) then
+    io.stderr:write("caracal: not confirmed; pass --yes to prune without asking\n")
+    return 1
+  end
+  local n = ctx.manager():session_scope(function(s) return snapshot.prune(s, { retention_days = days }) end)
+  task.emit(opts, { deleted = n }, function() io.write("deleted ", n, " snapshots\n") end)
+end
+
+function M.main(argv, ctx)
+  return task.dispatch(argv, ctx, M.usage, SPEC, handlers)
 end
 
 return M
