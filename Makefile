@@ -7,6 +7,8 @@
 #   make check      deps, build, every test against a throwaway cluster
 #   make SANITIZE=1 ...   everything built with -fsanitize=address,undefined
 #   make valgrind   the host under valgrind's leak checker
+#   make install PREFIX=/usr/local DESTDIR=   header, libraries, host, pkg-config
+#                   file (caracal.pc), Lua layer and migrations
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -47,8 +49,14 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 all: $(BUILD)/caracal $(BUILD)/libcaracal.a $(BUILD)/libcaracal.so $(BUILD)/lua/caracal/core.so \
      $(C_TESTS) $(EXAMPLES)
 
+# Where the library finds its Lua layer and migrations when the host does
+# not say (caracal_Options): the source tree, or the install tree for the
+# objects `make install` builds.
+BUILTIN_LUA_DIR        ?= $(abspath lua)
+BUILTIN_MIGRATIONS_DIR ?= $(abspath migrations)
+
 $(BUILD)/obj/%.o: src/%.c $(HEADERS) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -DCARACAL_LUA_DIR='"$(abspath lua)"' -DCARACAL_MIGRATIONS_DIR='"$(abspath migrations)"' -c -o $@ $<
+	$(CC) $(CFLAGS) -DCARACAL_LUA_DIR='"$(BUILTIN_LUA_DIR)"' -DCARACAL_MIGRATIONS_DIR='"$(BUILTIN_MIGRATIONS_DIR)"' -c -o $@ $<
 
 $(BUILD)/obj $(BUILD)/lua/caracal $(BUILD)/tests $(BUILD)/examples:
 	mkdir -p $@
@@ -87,3 +95,33 @@ valgrind: deps all
 
 clean:
 	rm -rf $(BUILD)
+
+# ---- install: `make install PREFIX=/usr/local DESTDIR=` -----------------
+# The header, libcaracal.{a,so}, the host, the Lua C module, a pkg-config
+# file, the Lua layer and the migrations. The library is rebuilt in
+# $(BUILD)/install with the installed data paths compiled in, so an
+# installed host finds its Lua layer without any option.
+VERSION  := $(shell sed -n 's/^\#define CARACAL_VERSION "\(.*\)"/\1/p' src/caracal.h)
+DATADIR  := $(PREFIX)/share/caracal
+INST     := $(BUILD)/install
+
+$(BUILD)/caracal.pc: caracal.pc.in src/caracal.h
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' caracal.pc.in >$@
+
+install:
+	$(MAKE) BUILD=$(INST) PREFIX=$(PREFIX) BUILTIN_LUA_DIR=$(DATADIR)/lua \
+	  BUILTIN_MIGRATIONS_DIR=$(DATADIR)/migrations \
+	  $(INST)/caracal $(INST)/libcaracal.a $(INST)/libcaracal.so $(INST)/lua/caracal/core.so \
+	  $(INST)/caracal.pc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/caracal $(DESTDIR)$(DATADIR)
+	install -m 755 $(INST)/caracal $(DESTDIR)$(PREFIX)/bin/caracal
+	install -m 644 src/caracal.h $(DESTDIR)$(PREFIX)/include/caracal.h
+	install -m 644 $(INST)/libcaracal.a $(DESTDIR)$(PREFIX)/lib/libcaracal.a
+	install -m 755 $(INST)/libcaracal.so $(DESTDIR)$(PREFIX)/lib/libcaracal.so
+	install -m 755 $(INST)/lua/caracal/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/caracal/core.so
+	install -m 644 $(INST)/caracal.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/caracal.pc
+	rm -rf $(DESTDIR)$(DATADIR)/lua $(DESTDIR)$(DATADIR)/migrations
+	cp -R lua $(DESTDIR)$(DATADIR)/lua
+	cp -R migrations $(DESTDIR)$(DATADIR)/migrations

@@ -2,7 +2,7 @@
 # Run the test suites against a fresh throwaway PostgreSQL cluster and end
 # with the line `N passed, N failed` (every C and busted test counted).
 #
-#   bash spec/run.sh              all suites: unit c db host
+#   bash spec/run.sh              all suites: unit c db host examples
 #   bash spec/run.sh db host      only these
 #
 # Environment: BUILD (build dir, default build), SANITIZE=1 (the build has
@@ -14,7 +14,7 @@ ROOT=$PWD
 BUILD=${BUILD:-build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 suites=("$@")
-[ ${#suites[@]} -eq 0 ] && suites=(unit c db host)
+[ ${#suites[@]} -eq 0 ] && suites=(unit c db host examples)
 out=${CARACAL_TEST_OUT:-$BUILD/test-output} # per build dir: runs may overlap
 mkdir -p "$out"
 export CARACAL_BIN=$BUILD/caracal
@@ -108,8 +108,38 @@ run_c() {
   done
 }
 
+# ---- examples: the embedding hosts built from examples/*.c, each run
+# counted as one TAP test (exit status as expected). Output goes to
+# $out/example-N.log and is shown only for a failure.
+run_examples() {
+  local log=$out/examples.tap n=0
+  : >"$log"
+  example() { # description expected-status command...
+    local desc=$1 want=$2 rc
+    shift 2
+    n=$((n + 1))
+    "$@" >"$out/example-$n.log" 2>&1
+    rc=$?
+    if [ "$rc" -eq "$want" ]; then
+      echo "ok $n - $desc" >>"$log"
+    else
+      echo "not ok $n - $desc (exit $rc, expected $want)" >>"$log"
+      sed 's/^/# /' "$out/example-$n.log" | head -n 40 >>"$log"
+    fi
+  }
+  example "embed_host: a 60 Hz loop writes and reads spending, no tick blocked" 0 \
+    "$BUILD/examples/embed_host" --url "$CARACAL_TEST_URL" --ticks 90
+  example "job_runner: the example jobs succeed" 0 \
+    "$BUILD/examples/job_runner" --url "$CARACAL_TEST_URL" examples/jobs/*.lua
+  example "job_runner: a failing job is reported and rolled back, exit 1" 1 \
+    "$BUILD/examples/job_runner" --url "$CARACAL_TEST_URL" examples/failing_job.lua
+  grep -E '^(not ok|# )' "$log" | head -n 120
+  count_tap "examples" "$log" 0
+}
+
 for s in "${suites[@]}"; do
   case $s in
+    examples) run_examples ;;
     c) run_c ;;
     unit|db|host) run_busted "$s" ;;
     *) echo "spec/run.sh: unknown suite $s" >&2; exit 2 ;;

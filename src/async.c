@@ -50,6 +50,7 @@ typedef struct Task {
   lua_State *co;
   int wait;
   caracal_Conn *conn;   /* W_READ, W_WRITE */
+  caracal_Conn **slot;  /* the handle's pointer: conn while it holds it */
   int fd;               /* conn's socket while in the epoll set, else -1 */
   caracal_Pool *pool;   /* W_POOL */
   double until;         /* W_TIMER: deadline; W_POOL: next retry */
@@ -199,6 +200,7 @@ static void wait_end(Async *a, Task *t) {
   t->fd = -1;
   t->wait = W_NONE;
   t->conn = NULL;
+  t->slot = NULL;
   t->pool = NULL;
   a->nwaiting--;
 }
@@ -222,13 +224,15 @@ static Task *running_task(lua_State *L) {
   return t;
 }
 
-int async_yield_conn(lua_State *L, caracal_Conn *conn, lua_KContext ctx, lua_KFunction k) {
+int async_yield_conn(lua_State *L, caracal_Conn **slot, lua_KContext ctx, lua_KFunction k) {
   Async *a = async_get(L);
   Task *t = running_task(L);
+  caracal_Conn *conn = *slot;
   /* Output libpq could not hand to the socket yet: wait until it can. */
   bool writing = PQflush(conn->pg) == 1;
   wait_begin(a, t, writing ? W_WRITE : W_READ);
   t->conn = conn;
+  t->slot = slot;
   t->fd = PQsocket(conn->pg);
   watch(a, t->fd, writing ? EPOLLIN | EPOLLOUT : EPOLLIN);
   return lua_yieldk(L, 0, ctx, k);
@@ -245,6 +249,8 @@ int async_yield_pool(lua_State *L, caracal_Pool *pool, lua_KContext ctx, lua_KFu
 
 /* Is the wait of t over? Reads what the socket has, never waits. */
 static bool task_ready(Async *a, Task *t, double now) {
+  /* Released under the task (the continuation reports it). */
+  if ((t->wait == W_READ || t->wait == W_WRITE) && *t->slot != t->conn) return true;
   switch (t->wait) {
     case W_WRITE: {
       PGconn *pg = t->conn->pg;
@@ -613,7 +619,7 @@ double caracal_poll_timeout(lua_State *L) {
       case W_FRAME:
         return 0;
       case W_READ:
-        if (!PQisBusy(t->conn->pg)) return 0; /* already read, by a neighbour */
+        if (*t->slot != t->conn || !PQisBusy(t->conn->pg)) return 0; /* ready already */
         continue;
       case W_TIMER:
       case W_POOL:
@@ -636,7 +642,7 @@ void async_close(lua_State *L) {
      * once; giving the connections back below then waits for each
      * cancelled statement to end and rolls back. */
     for (Task *t = a->head; t; t = t->next) {
-      if (t->wait != W_READ && t->wait != W_WRITE) continue;
+      if ((t->wait != W_READ && t->wait != W_WRITE) || *t->slot != t->conn) continue;
       PGcancel *cancel = PQgetCancel(t->conn->pg);
       char buf[256];
       if (cancel) {

@@ -196,7 +196,7 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u) {
 static bool is_p256(EVP_PKEY *pkey, char *what, size_t whatlen) {
   if (!EVP_PKEY_is_a(pkey, "EC")) {
     const char *t = EVP_PKEY_get0_type_name(pkey);
-    snprintf(what, whatlen, "a %s key", t ? t : "non-EC");
+    snprintf(what, whatlen, "of type %s", t ? t : "unknown");
     return false;
   }
   char group[64] = "";

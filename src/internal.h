@@ -229,10 +229,13 @@ void crypto_open(lua_State *L);
 /* May the running code yield to caracal_poll? (a task, yieldable here,
  * in non-blocking mode, state not closed) */
 bool async_can_yield(lua_State *L);
-/* Yield the running task until conn has input to read (or, while libpq
- * still holds unsent output, until it can be flushed); on resume k runs
- * with ctx. Call as `return async_yield_conn(...)` (it does not return). */
-int async_yield_conn(lua_State *L, caracal_Conn *conn, lua_KContext ctx, lua_KFunction k);
+/* Yield the running task until the connection in *slot has input to read
+ * (or, while libpq still holds unsent output, until it can be flushed); on
+ * resume k runs with ctx. slot is the handle's own pointer (anchored on
+ * the task's stack): if Lua code releases the handle meanwhile, the wait
+ * ends without touching a connection that is back in the pool. Call as
+ * `return async_yield_conn(...)` (it does not return). */
+int async_yield_conn(lua_State *L, caracal_Conn **slot, lua_KContext ctx, lua_KFunction k);
 /* Yield the running task until pool may have a connection to hand out
  * (or a retry interval passed, so the caller can count its timeout). */
 int async_yield_pool(lua_State *L, caracal_Pool *pool, lua_KContext ctx, lua_KFunction k);

@@ -318,6 +318,12 @@ static void encode_string(Encoder *e, const char *s, size_t n) {
   jb_addchar(b, '"');
   for (size_t i = 0; i < n;) {
     unsigned char c = (unsigned char)s[i];
+    if (c == 0x7F && e->ascii) {
+      /* Python's ensure_ascii escapes DEL too: signatures must match. */
+      jb_addlstring(b, "\\u007f", 6);
+      i++;
+      continue;
+    }
     if (c >= 0x80) {
       unsigned cp = 0;
       int len = utf8_next((const unsigned char *)s + i, n - i, &cp);

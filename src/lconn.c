@@ -12,6 +12,9 @@
  * Returning a connection: release() and __close check it in now (a reset
  * may take a round trip); __gc never runs SQL, it parks the connection
  * for the next checkout to reset (caracal_pool_checkin_deferred).
+ *
+ * In a task in non-blocking mode (async.c), execute and exec_script yield
+ * while the server works instead of blocking; see the state machine below.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -314,7 +317,7 @@ static int exec_run(lua_State *L, int esi) {
   PGconn *pg = conn->pg;
   for (;;) {
     if (e->sent && !collect(c, e, sql, e->step == X_EXECUTED || e->step == X_SCRIPTED))
-      return async_yield_conn(L, conn, (lua_KContext)esi, exec_k);
+      return async_yield_conn(L, &c->conn, (lua_KContext)esi, exec_k);
     switch (e->step) {
       case X_BEGIN:
         if (!c->stmts_stale) {

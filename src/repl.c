@@ -40,7 +40,7 @@
 
 #include "internal.h"
 
-enum { MODE_IDLE, MODE_READING, MODE_RUNNING };
+enum { MODE_IDLE, MODE_READING, MODE_RUNNING, MODE_DEFER };
 
 static volatile sig_atomic_t sig_mode = MODE_IDLE;
 static volatile sig_atomic_t got_sigint = 0;
@@ -73,6 +73,20 @@ static void lstop(lua_State *L, lua_Debug *ar) {
 /* Only async-signal-safe work: flags, PQcancel, lua_sethook (as lua.c). */
 static void on_sigint(int sig) {
   CARACAL_UNUSED(sig);
+  if (sig_mode == MODE_DEFER) {
+    /* A long command stops at its next safe point; a second Ctrl-C ends
+     * the process at once, as the default would. */
+    if (got_sigint) {
+      signal(SIGINT, SIG_DFL);
+      raise(SIGINT);
+      return;
+    }
+    static const char msg[] = "\ninterrupt: stopping at the next safe point (Ctrl-C again to quit now)\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    CARACAL_UNUSED(w);
+    got_sigint = 1;
+    return;
+  }
   if (sig_mode == MODE_RUNNING) {
     /* The terminal echoed ^C; the message that follows gets its own line. */
     ssize_t w = write(STDERR_FILENO, "\n", 1);
@@ -330,6 +344,23 @@ static int host_set_completer(lua_State *L) {
 
 /* ---- running code --------------------------------------------------------- */
 
+/* host.defer_interrupts(): from now on Ctrl-C only sets a flag that
+ * host.interrupted() reports, so a command (a migration run) can stop
+ * between steps, release its lock and exit cleanly. */
+static int host_defer_interrupts(lua_State *L) {
+  CARACAL_UNUSED(L);
+  install_signals();
+  got_sigint = 0;
+  sig_mode = MODE_DEFER;
+  return 0;
+}
+
+/* host.interrupted() -> true once Ctrl-C came in deferred mode. */
+static int host_interrupted(lua_State *L) {
+  lua_pushboolean(L, sig_mode == MODE_DEFER && got_sigint);
+  return 1;
+}
+
 /* host.interruptible(msgh, f, ...) -> true, results | false, err.
  * xpcall during which Ctrl-C interrupts Lua (or cancels a statement). */
 static int host_interruptible(lua_State *L) {
@@ -435,6 +466,8 @@ static const luaL_Reg host_funcs[] = {
   {"history_save", host_history_save},
   {"set_completer", host_set_completer},
   {"interruptible", host_interruptible},
+  {"defer_interrupts", host_defer_interrupts},
+  {"interrupted", host_interrupted},
   {"query", host_query},
   {"set_cancel", host_set_cancel},
   {"now", host_now},

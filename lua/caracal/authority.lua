@@ -215,8 +215,12 @@ function M.add_principal(session, spec)
     principal_metadata = spec.metadata or spec.principal_metadata,
     public_key_pem = spec.public_key_pem, private_key_pem = spec.private_key_pem,
   }
-  if fields.private_key_pem and not fields.public_key_pem then
-    fields.public_key_pem = core.ec_public_from_private(fields.private_key_pem)
+  if fields.private_key_pem then
+    local derived = core.ec_public_from_private(fields.private_key_pem)
+    if fields.public_key_pem and fields.public_key_pem ~= derived then
+      invalid("public_key_pem", "add_principal: public_key_pem is not the public key of private_key_pem")
+    end
+    fields.public_key_pem = derived
   end
   if spec.generate_keys ~= false and not fields.public_key_pem then
     fields.private_key_pem, fields.public_key_pem = core.ec_generate()
@@ -468,7 +472,9 @@ end
 -- @tparam string mandate_id (nil or unknown: denied)
 -- @tparam string action
 -- @tparam string resource
--- @tparam[opt] table opts `now` (an Instant; default the current time),
+-- @tparam[opt] table opts `now` (the instant to evaluate at, an Instant;
+-- default the current time; the event is still stamped with the real
+-- time and records `evaluated_at`),
 -- `principal_id` (who asks: used for the event of a missing mandate),
 -- `correlation_id`
 -- @treturn table decision: `allowed`, `reason`, `reason_code`,
@@ -502,7 +508,7 @@ function M.validate_mandate(session, mandate_id, action, resource, opts)
       if decision.principal_id then
         local ev = models.AuthorityLedgerEvent {
           event_type = allowed and "validated" or "denied",
-          timestamp = now,
+          timestamp = core.utcnow(), -- when it was decided; `now` is what was evaluated
           principal_id = decision.principal_id,
           mandate_id = decision.mandate_id,
           decision = allowed and "allowed" or "denied",
@@ -513,6 +519,7 @@ function M.validate_mandate(session, mandate_id, action, resource, opts)
           event_metadata = {
             reason_code = code,
             requested_mandate_id = (not mandate and type(mandate_id) == "string") and clip(mandate_id, 100) or nil,
+            evaluated_at = opts.now and now:naive() or nil,
           },
         }
         s:add(ev)

@@ -270,7 +270,15 @@ function M.context(opts)
 end
 
 function commands.db(opts, args)
-  return require("caracal.migrate").main(args, M.context(opts))
+  local ctx = M.context(opts)
+  -- Ctrl-C during a run stops after the current revision (which commits
+  -- or rolls back whole) and releases the runner's lock.
+  local ok, host = pcall(require, "caracal.host")
+  if ok and host.defer_interrupts then
+    host.defer_interrupts()
+    ctx.should_stop = host.interrupted
+  end
+  return require("caracal.migrate").main(args, ctx)
 end
 
 -- Admin tasks: lua/caracal/tasks/NAME.lua, each `main(argv, ctx)`.

@@ -116,83 +116,21 @@ end
 -- Canonical JSON (Python's json.dumps(v, sort_keys=True, separators=(",", ":")))
 ---------------------------------------------------------------------------
 
-local SHORT_ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-                        ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
--- A JSON string as Python writes it with ensure_ascii: '"', '\\' and the
--- usual control characters in short form, everything else outside
--- printable ASCII (DEL included) as \uXXXX in lowercase hex, characters
--- beyond the BMP as a surrogate pair.
-local function quote(s)
-  if not s:find('[\0-\31"\\\127-\255]') then return '"' .. s .. '"' end
-  local ok, len = pcall(utf8.len, s)
-  if not ok or not len then invalid("canonical JSON: a string is not valid UTF-8") end
-  local out = { '"' }
-  for _, cp in utf8.codes(s) do
-    if cp >= 0x20 and cp < 0x7f then
-      local ch = string.char(cp)
-      out[#out + 1] = SHORT_ESCAPES[ch] or ch
-    elseif cp < 0x20 and SHORT_ESCAPES[string.char(cp)] then
-      out[#out + 1] = SHORT_ESCAPES[string.char(cp)]
-    elseif cp >= 0x10000 then
-      local v = cp - 0x10000
-      out[#out + 1] = string.format("\\u%04x\\u%04x", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF))
-    else
-      out[#out + 1] = string.format("\\u%04x", cp)
-    end
-  end
-  out[#out + 1] = '"'
-  return table.concat(out)
-end
-
-local encode
-
--- Byte-wise a < b: Lua's own < on strings follows the C locale's collation.
-local function byte_less(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = a:byte(i), b:byte(i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
-
-local function encode_table(t, depth)
+-- core.json_encode with ascii = true writes what Python writes (sorted
+-- keys by code point, no spaces, non-ASCII and DEL as lowercase \uXXXX,
+-- surrogate pairs beyond the BMP) for everything but floats, whose
+-- shortest forms differ (Python writes 100.0, C 100): refuse them.
+local function refuse_floats(v, depth)
   if depth > 100 then invalid("canonical JSON: nested too deeply (or a cycle)") end
-  local n = #t
-  local array = core.is_json_array(t) or n > 0
-  if array then
-    local parts = {}
-    for i = 1, n do parts[i] = encode(t[i], depth + 1) end
-    for k in pairs(t) do
-      if math.type(k) ~= "integer" or k < 1 or k > n then
-        invalid("canonical JSON: a table mixes array and object keys")
+  if math.type(v) == "float" then invalid("canonical JSON: cannot encode a float") end
+  if type(v) == "table" then
+    for k, x in pairs(v) do
+      if type(k) ~= "string" and not (math.type(k) == "integer" and k >= 1 and k <= #v) then
+        invalid("canonical JSON: an object key of type %s", type(k))
       end
+      refuse_floats(x, depth + 1)
     end
-    return "[" .. table.concat(parts, ",") .. "]"
   end
-  local keys = {}
-  for k in pairs(t) do
-    if type(k) ~= "string" then invalid("canonical JSON: an object key of type %s", type(k)) end
-    keys[#keys + 1] = k
-  end
-  table.sort(keys, byte_less) -- UTF-8 byte order is code point order, as Python sorts
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = quote(k) .. ":" .. encode(t[k], depth + 1) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
-encode = function(v, depth)
-  local tv = type(v)
-  if v == nil or v == core.null then return "null"
-  elseif tv == "boolean" then return v and "true" or "false"
-  elseif tv == "string" then return quote(v)
-  elseif math.type(v) == "integer" then return string.format("%d", v)
-  elseif tv == "table" then return encode_table(v, depth)
-  elseif core.is_decimal(v) or core.is_instant(v) then return quote(tostring(v))
-  end
-  -- Floats are refused: Python's repr and C's shortest form differ.
-  invalid("canonical JSON: cannot encode a %s", math.type(v) == "float" and "float" or tv)
 end
 
 --- Encode a value as canonical JSON, byte for byte what Python's
@@ -205,7 +143,10 @@ end
 -- @param v
 -- @treturn string
 function M.canonical_json(v)
-  return encode(v, 0)
+  refuse_floats(v, 0)
+  local ok, text = pcall(core.json_encode, v, { ascii = true })
+  if not ok then invalid("canonical JSON: %s", (tostring(text):gsub("^cannot encode as JSON: ", ""))) end
+  return text
 end
 
 --- The exact bytes that are hashed and signed for a mandate: the payload

@@ -24,6 +24,12 @@ for _, name in ipairs({ "DatabaseConfig", "initialize_connection_manager",
   M[name] = db[name]
 end
 
+--- Raise unless the database is at the head revision (the seed's
+-- startup check); see caracal.migrate.
+function M.check_schema_version_on_startup(manager, opts)
+  return require("caracal.migrate").check_schema_version_on_startup(manager, opts)
+end
+
 -- The models, by name (caracal.Principal{...}) and as a module.
 M.models = require "caracal.models"
 for _, name in ipairs(M.models.names()) do M[name] = M.models[name] end

@@ -72,10 +72,8 @@ end
 function M.event_string(e)
   local id = math.tointeger(e.event_id)
   if not id then fail("validation", "event hash: event_id must be an integer, got %s", tostring(e.event_id)) end
-  return table.concat({
-    tostring(id), core.uuid(e.agent_id), naive(e.timestamp), e.resource_type,
-    six(e.quantity), six(e.cost), e.currency,
-  }, "|")
+  return id .. "|" .. core.uuid(e.agent_id) .. "|" .. naive(e.timestamp) .. "|" .. e.resource_type .. "|" ..
+         six(e.quantity) .. "|" .. six(e.cost) .. "|" .. e.currency
 end
 
 --- The event hash: 32 raw bytes.
@@ -211,7 +209,6 @@ end
 local function append_digest(path, b, event_ids, leaves)
   local hex = {}
   for i, l in ipairs(leaves) do hex[i] = core.hex_encode(l) end
-  -- Our canonical encoder, not core.json_encode: a batch's line is long.
   local line = crypto.canonical_json({
     batch_id = b.batch_id, root_id = b.root_id, merkle_root = b.merkle_root, signature = b.signature,
     first_event_id = b.first_event_id, last_event_id = b.last_event_id, event_count = b.event_count,

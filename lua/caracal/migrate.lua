@@ -19,11 +19,17 @@
 -- (checked between revisions: true stops at that safe point, e.g. after
 -- SIGINT, raising kind "interrupted" once the lock is released).
 --
--- The history table is `caracal_migrations` (see caracal.migrate.history).
+-- The pieces: `scripts` (loading, checksums, the chain, targets), `ops`
+-- (the `op` object), `sqltext` (quoting, the statement scanner),
+-- `history` (the `caracal_migrations` table), `lock` (the advisory lock),
+-- `status` (where a database stands), `invoke` (running a script and
+-- locating its failure), `offline` (`--sql`), `catalog` (schema
+-- snapshots), `sha256`, `template`, `cli` (`caracal db`).
 -- Failures raise caracal.Error objects with `kind` set ("migration_failed",
 -- "locked", "drift", "schema_dirty", "schema_outdated", "schema_ahead",
--- "schema_unknown", "destructive", "usage", ...), and for a failed
--- revision `file`, `line`, `revision`, `sql` and the server's fields.
+-- "schema_unknown", "destructive", "interrupted", "lock_lost", "usage", ...),
+-- and for a failed revision `file`, `line`, `revision`, `sql` and the
+-- server's fields.
 -- @module caracal.migrate
 local core = require "caracal.core"
 local scripts_mod = require "caracal.migrate.scripts"
@@ -31,6 +37,9 @@ local history = require "caracal.migrate.history"
 local ops = require "caracal.migrate.ops"
 local sqltext = require "caracal.migrate.sqltext"
 local lockmod = require "caracal.migrate.lock"
+local invoke = require "caracal.migrate.invoke"
+local status = require "caracal.migrate.status"
+local offline = require "caracal.migrate.offline"
 
 local M = {}
 
@@ -89,201 +98,19 @@ end
 -- @treturn caracal.migrate.scripts.Scripts
 M.load = function(opts) return scripts_mod.load({ dir = opts and opts.dir }) end
 
----------------------------------------------------------------------------
--- Running a script's up or down, online or recorded
----------------------------------------------------------------------------
-
--- The fields of a failed revision's error: the server's fields when the
--- cause is a caracal.Error, else its text.
-local function failure_fields(script, fn, err)
-  local fields = { kind = "migration_failed", revision = script.revision, file = script.display,
-                   where = script.display, direction = fn, cause = err }
-  if core.is_error(err) then
-    for _, k in ipairs({ "sqlstate", "message", "detail", "hint", "position", "context", "schema", "table",
-                         "column", "datatype", "constraint", "severity", "sql", "connection_lost" }) do
-      fields[k] = err[k]
-    end
-  else
-    fields.message = tostring(err)
+--- The SQL an upgrade or downgrade would run, without touching any
+-- database (Alembic's `--sql`), ready for `psql -v ON_ERROR_STOP=1 -f`.
+-- @tparam string direction "upgrade" or "downgrade"
+-- @tparam string target a target, or FROM:TO (required for downgrade)
+-- @tparam[opt] table opts options; `destructive` is needed to emit a
+-- downgrade through a revision that drops tables
+-- @treturn string
+function M.sql(direction, target, opts)
+  opts = options(opts)
+  if direction ~= "upgrade" and direction ~= "downgrade" then
+    raise { kind = "usage", message = "direction must be upgrade or downgrade" }
   end
-  return fields
-end
-
--- Run script[fn](op) and turn any failure into a located error: the file
--- and line of the script frame that was running, the SQL and the server's
--- fields. The message handler runs before the stack unwinds, so it can
--- find the script's own frame under the op call.
-local function run_script(script, fn, op)
-  local where_line
-  local ok, err = xpcall(script[fn], function(e)
-    for level = 2, 60 do
-      local info = debug.getinfo(level, "Sl")
-      if not info then break end
-      if info.source == script.chunkname then
-        where_line = info.currentline
-        break
-      end
-    end
-    return e
-  end, op)
-  if ok then return true end
-  local fields = failure_fields(script, fn, err)
-  if not core.is_error(err) then
-    local msg = tostring(err)
-    -- A Lua error raised in the script already names chunk:line; keep the
-    -- line and strip the prefix (it goes into `where`).
-    local prefix_line, rest = msg:match("^" .. script.display:gsub("%p", "%%%0") .. ":(%d+): (.*)$")
-    if prefix_line then
-      where_line = where_line or tonumber(prefix_line)
-      msg = rest
-    end
-    fields.message = msg
-  end
-  fields.line = where_line
-  fields.where = script.display .. (where_line and (":" .. where_line) or "")
-  return false, fields
-end
-
-local function timeouts_sql(script, opts, localy)
-  local out = {}
-  local set = localy and "SET LOCAL " or "SET "
-  local lt = script.lock_timeout or opts.ddl_lock_timeout
-  if lt then out[#out + 1] = set .. "lock_timeout = " .. sqltext.literal(lt) end
-  local st = script.statement_timeout or opts.statement_timeout
-  if st then out[#out + 1] = set .. "statement_timeout = " .. sqltext.literal(st) end
-  return out
-end
-
----------------------------------------------------------------------------
--- Reading the database's state
----------------------------------------------------------------------------
-
--- First differing line of two texts (normalised), for drift reports.
-local function first_difference(stored, loc)
-  local a, b = {}, {}
-  for l in (scripts_mod.normalise(stored or "") .. "\n"):gmatch("([^\n]*)\n") do a[#a + 1] = l end
-  for l in (scripts_mod.normalise(loc) .. "\n"):gmatch("([^\n]*)\n") do b[#b + 1] = l end
-  for i = 1, math.max(#a, #b) do
-    if a[i] ~= b[i] then return i, a[i], b[i] end
-  end
-  return nil
-end
-
--- The migration status of a database against the scripts. Read-only.
-local function read_status(session, scripts, opts)
-  local state = history.read(session, { scripts = opts and opts.with_text })
-  local st = { state = state, scripts = scripts, head = scripts.head, count = scripts:count(), drift = {} }
-  if state.forked then
-    st.kind = "unknown"
-    st.problem = "the history table has several tips (" .. table.concat(state.forked, ", ") ..
-      "): it was edited by hand; fix it with `caracal db stamp <revision>`"
-  elseif state.current then
-    st.current = state.current
-    st.index = scripts:index(state.current)
-    if not st.index then
-      local head = scripts.head and scripts.head.revision
-      for _, rev in ipairs(history.ancestry(state, state.current)) do
-        if rev == head then st.kind = "ahead" break end
-      end
-      st.kind = st.kind or "unknown"
-      if st.kind == "ahead" then
-        st.problem = string.format("the database is at revision %s, newer than the newest script here " ..
-          "(%s, in %s): it was upgraded by a newer Caracal", state.current, head, scripts.dir)
-      else
-        st.problem = string.format("the database is at revision %s, which is not among the scripts in %s " ..
-          "(was a script deleted, or are these the wrong migrations?)", state.current, scripts.dir)
-      end
-    end
-  elseif state.alembic and not next(state.rows) then
-    local adopt
-    for _, s in ipairs(scripts.list) do
-      if s.adopt and s.adopt.alembic == state.alembic then adopt = s end
-    end
-    if not adopt then
-      st.kind = "unknown"
-      st.problem = string.format("the database was made by the Python tool at alembic revision %s; " ..
-        "only a database at %s can be adopted", state.alembic,
-        (function()
-          local v = {}
-          for _, s in ipairs(scripts.list) do if s.adopt then v[#v + 1] = s.adopt.alembic end end
-          return #v > 0 and table.concat(v, ", ") or "(none: no script declares adopt)"
-        end)())
-    else
-      local missing = {}
-      local present = history.existing_tables(session, adopt.adopt.tables or {})
-      local have = {}
-      for _, t in ipairs(present) do have[t] = true end
-      for _, t in ipairs(adopt.adopt.tables or {}) do if not have[t] then missing[#missing + 1] = t end end
-      if #missing > 0 then
-        st.kind = "unknown"
-        st.problem = string.format("alembic_version says %s but tables %s are missing", state.alembic,
-          table.concat(missing, ", "))
-      else
-        st.adopt = adopt
-        st.current = adopt.revision
-        st.index = adopt.index
-      end
-    end
-  else
-    st.index = 0
-    local known = {}
-    for _, s in ipairs(scripts.list) do
-      for _, t in ipairs(s.adopt and s.adopt.tables or {}) do known[#known + 1] = t end
-    end
-    local found = #known > 0 and history.existing_tables(session, known) or {}
-    if #found > 0 then
-      st.kind = "unversioned"
-      st.problem = string.format("the database has Caracal tables (%s) but no recorded revision: if its " ..
-        "schema is that of a revision, record it with `caracal db stamp <revision>`", table.concat(found, ", "))
-    end
-  end
-  if state.dirty then
-    st.dirty = state.dirty
-  end
-  if st.index then st.pending = st.count - st.index end
-  for _, row in ipairs(state.list) do
-    local s = scripts.by_rev[row.revision]
-    if s and s.checksum ~= row.checksum then
-      local d = { revision = row.revision, file = s.display, stored = row.checksum, ["local"] = s.checksum }
-      if row.script then d.line, d.stored_line, d.local_line = first_difference(row.script, s.source) end
-      st.drift[#st.drift + 1] = d
-    end
-  end
-  return st
-end
-
-local function drift_message(st)
-  local lines = { "migration scripts were edited after they were applied:" }
-  for _, d in ipairs(st.drift) do
-    lines[#lines + 1] = string.format("  %s (%s): stored checksum %s, local %s", d.revision, d.file,
-      d.stored, d["local"])
-    if d.line then
-      lines[#lines + 1] = string.format("    first difference at line %d: applied %q, now %q", d.line,
-        d.stored_line or "", d.local_line or "")
-    end
-  end
-  return table.concat(lines, "\n")
-end
-
-local function dirty_message(row)
-  return string.format("the database is dirty: revision %s (%s) runs outside a transaction and did not " ..
-    "complete, so its changes may be half applied. Fix the schema by hand, then run " ..
-    "`caracal db force %s` if the revision's changes are all in place, or `caracal db force %s` if none are",
-    row.revision, row.file, row.revision, row.down_revision or "base")
-end
-
--- Refuse to change anything when the state is not one a runner can
--- reason about. `what` names the command for messages.
-local function guard(st, what)
-  if st.dirty then raise { kind = "schema_dirty", revision = st.dirty.revision, message = dirty_message(st.dirty) } end
-  if st.kind then
-    raise { kind = st.kind == "ahead" and "schema_ahead" or "schema_unknown", message = st.problem }
-  end
-  if #st.drift > 0 then
-    raise { kind = "drift", drift = st.drift, message = drift_message(st),
-            hint = "restore the applied text (the history table keeps it), or accept the change with " ..
-                   "`caracal db accept <revision> -m REASON`; nothing was " .. what .. "d" }
-  end
+  return offline.sql(M.load(opts), direction, target, opts)
 end
 
 ---------------------------------------------------------------------------
@@ -310,7 +137,7 @@ local function with_lock(manager, opts, command, fn)
 end
 
 function Runner:status(scripts, with_text)
-  local ok, st = pcall(read_status, self.session, scripts, { with_text = with_text })
+  local ok, st = pcall(status.read, self.session, scripts, { with_text = with_text })
   pcall(self.session.rollback, self.session) -- read only: end the transaction
   if not ok then error(st, 0) end
   return st
@@ -356,16 +183,17 @@ function Runner:apply(script, direction, index, total)
       transactional = true,
     }
     ok, failure = pcall(function()
-      for _, s in ipairs(timeouts_sql(script, opts, true)) do session:execute_script(s) end
+      for _, s in ipairs(invoke.timeouts_sql(script, opts, true)) do session:execute_script(s) end
     end)
-    if ok then ok, failure = run_script(script, fn, op) end
+    if not ok then failure = invoke.failure_fields(script, fn, failure) end
+    if ok then ok, failure = invoke.run(script, fn, op) end
     if ok then
       ok, failure = pcall(function()
         if direction == "up" then history.insert(session, script, history.client())
         else history.delete(session, script.revision) end
         session:commit()
       end)
-      if not ok then failure = failure_fields(script, fn, failure) end
+      if not ok then failure = invoke.failure_fields(script, fn, failure) end
     end
     if not ok then
       pcall(session.rollback, session)
@@ -393,9 +221,10 @@ function Runner:apply(script, direction, index, total)
       transactional = false,
     }
     ok, failure = pcall(function()
-      for _, s in ipairs(timeouts_sql(script, opts, false)) do conn:exec_script(s) end
+      for _, s in ipairs(invoke.timeouts_sql(script, opts, false)) do conn:exec_script(s) end
     end)
-    if ok then ok, failure = run_script(script, fn, op) end
+    if not ok then failure = invoke.failure_fields(script, fn, failure) end
+    if ok then ok, failure = invoke.run(script, fn, op) end
     pcall(conn.exec_script, conn, "RESET lock_timeout; RESET statement_timeout")
     if not ok then
       -- Which revision each outcome of a manual fix corresponds to.
@@ -409,10 +238,9 @@ function Runner:apply(script, direction, index, total)
       progress(opts, { event = "failed", script = script, direction = direction })
       raise(failure)
     end
-    local ms = math.floor(now_ms() - started)
     if direction == "up" then
       conn:execute("UPDATE caracal_migrations SET dirty = false, duration_ms = $2::int, applied_at = now() " ..
-        "WHERE revision = $1::text", script.revision, ms)
+        "WHERE revision = $1::text", script.revision, math.floor(now_ms() - started))
     else
       history.delete(conn, script.revision)
     end
@@ -439,117 +267,6 @@ end
 -- Offline (--sql)
 ---------------------------------------------------------------------------
 
-local function terminate(sql)
-  sql = sql:gsub("%s+$", "")
-  if sql:sub(-1) ~= ";" then sql = sql .. ";" end
-  return sql
-end
-
--- Parse FROM:TO or TO into positions for offline runs.
-local function offline_range(scripts, direction, target)
-  if type(target) ~= "string" or target == "" then
-    raise { kind = "usage", message = "a target is needed: head, base, a revision id or prefix, or FROM:TO" }
-  end
-  local a, b = target:match("^([^:]*):([^:]*)$")
-  local function pos(t)
-    if t:match("^[+-]%d+$") then
-      raise { kind = "usage", message = "relative targets (" .. t .. ") need a database; with --sql give FROM:TO" }
-    end
-    return scripts:resolve(t)
-  end
-  if direction == "upgrade" then
-    local from = (a and a ~= "") and pos(a) or 0
-    local to = pos(b or target)
-    if to < from then
-      raise { kind = "usage", message = "upgrade range " .. target .. " goes down; use downgrade" }
-    end
-    return from, to
-  end
-  if not a or a == "" or b == "" then
-    raise { kind = "usage", message = "downgrade with --sql needs a range FROM:TO, such as head:base " ..
-      "(there is no database to read the current revision from)" }
-  end
-  local from, to = pos(a), pos(b)
-  if to > from then raise { kind = "usage", message = "downgrade range " .. target .. " goes up; use upgrade" } end
-  return from, to
-end
-
---- The SQL an upgrade or downgrade would run, without touching any
--- database (Alembic's `--sql`): BEGIN ... COMMIT per revision, with the
--- history table's DDL and rows, ready for `psql -v ON_ERROR_STOP=1 -f`.
--- @tparam string direction "upgrade" or "downgrade"
--- @tparam string target a target, or FROM:TO (required for downgrade)
--- @tparam[opt] table opts options; `destructive` is needed to emit a
--- downgrade through a revision that drops tables
--- @treturn string
-function M.sql(direction, target, opts)
-  opts = options(opts)
-  if direction ~= "upgrade" and direction ~= "downgrade" then
-    raise { kind = "usage", message = "direction must be upgrade or downgrade" }
-  end
-  local scripts = M.load(opts)
-  local from, to = offline_range(scripts, direction, target)
-  local out = { string.format("-- caracal db %s %s --sql (migrations: %s)", direction, target, scripts.label_dir),
-                "-- Apply with: psql -v ON_ERROR_STOP=1 -f FILE", "" }
-  local function add(s) out[#out + 1] = s end
-  if direction == "downgrade" and not opts.destructive then
-    for i = from, to + 1, -1 do
-      local s = scripts:at(i)
-      if #s.destructive_down > 0 then
-        raise { kind = "destructive", message = string.format("downgrading through %s drops tables %s " ..
-          "with whatever rows they hold; pass --destructive to emit it", label(s),
-          table.concat(s.destructive_down, ", ")) }
-      end
-    end
-  end
-  if direction == "upgrade" then
-    add("BEGIN;")
-    add(terminate(history.DDL))
-    add("COMMIT;")
-    add("")
-  end
-  local by = "caracal db --sql by " .. history.client()
-  local first, last, step = from + 1, to, 1
-  if direction == "downgrade" then first, last, step = from, to + 1, -1 end
-  for i = first, last, step do
-    local s = scripts:at(i)
-    local up = direction == "upgrade"
-    local stmts = {}
-    local op = ops.new {
-      run = function(sql)
-        stmts[#stmts + 1] = terminate(sql)
-        return setmetatable({}, { __index = { columns = {} } })
-      end,
-      quote = sqltext.quote_ident, transactional = s.transaction, offline = true,
-    }
-    local ok, failure = run_script(s, up and "up" or "down", op)
-    if not ok then raise(failure) end
-    if up then
-      add(string.format("-- Running upgrade %s -> %s: %s (%s)", s.down_revision or "base", s.revision, s.message, s.file))
-    else
-      add(string.format("-- Running downgrade %s -> %s: %s (%s)", s.revision, s.down_revision or "base", s.message, s.file))
-    end
-    if s.transaction then
-      add("BEGIN;")
-      for _, t in ipairs(timeouts_sql(s, opts, true)) do add(t .. ";") end
-      for _, t in ipairs(stmts) do add(t) end
-      add(terminate(up and history.insert_sql(s, by) or history.delete_sql(s.revision)))
-      add("COMMIT;")
-    else
-      add("-- This revision runs outside a transaction; it is marked dirty until it completes.")
-      add(up and terminate(history.insert_sql(s, by, true))
-             or ("UPDATE caracal_migrations SET dirty = true WHERE revision = " .. sqltext.literal(s.revision) .. ";"))
-      for _, t in ipairs(timeouts_sql(s, opts, false)) do add(t .. ";") end
-      for _, t in ipairs(stmts) do add(t) end
-      add("RESET lock_timeout;")
-      add("RESET statement_timeout;")
-      add(up and ("UPDATE caracal_migrations SET dirty = false WHERE revision = " .. sqltext.literal(s.revision) .. ";")
-             or terminate(history.delete_sql(s.revision)))
-    end
-    add("")
-  end
-  return table.concat(out, "\n")
-end
 
 ---------------------------------------------------------------------------
 -- Commands
@@ -571,7 +288,7 @@ function M.upgrade(manager, target, opts)
   manager = need_manager(manager)
   return with_lock(manager, opts, "upgrade", function(r)
     local st = r:status(scripts, true)
-    guard(st, "upgrade")
+    status.guard(st, "upgrade")
     local to = scripts:resolve(target, st.index)
     if to < st.index then
       raise { kind = "usage", message = string.format("target %s (%s) is below the current revision %s: " ..
@@ -610,7 +327,7 @@ function M.downgrade(manager, target, opts)
   manager = need_manager(manager)
   return with_lock(manager, opts, "downgrade", function(r)
     local st = r:status(scripts, true)
-    guard(st, "downgrade")
+    status.guard(st, "downgrade")
     local to = scripts:resolve(target, st.index)
     if to > st.index then
       raise { kind = "usage", message = string.format("target %s (%s) is above the current revision %s: " ..
@@ -716,7 +433,7 @@ end
 -- Read-only status through a short session.
 local function snapshot(manager, scripts, with_text)
   local session = manager:session({ readonly = true, holder = "caracal.migrate status" })
-  local ok, st = pcall(read_status, session, scripts, { with_text = with_text })
+  local ok, st = pcall(status.read, session, scripts, { with_text = with_text })
   session:close()
   if not ok then error(st, 0) end
   return st
@@ -814,9 +531,9 @@ function M.check(manager, opts)
     for i = st.index + 1, scripts:count() do report.pending[#report.pending + 1] = script_info(scripts:at(i)) end
   end
   local msgs = report.messages
-  if st.dirty then msgs[#msgs + 1] = dirty_message(st.dirty) end
+  if st.dirty then msgs[#msgs + 1] = status.dirty_message(st.dirty) end
   if st.problem then msgs[#msgs + 1] = st.problem end
-  if #st.drift > 0 then msgs[#msgs + 1] = drift_message(st) end
+  if #st.drift > 0 then msgs[#msgs + 1] = status.drift_message(st) end
   if #report.pending > 0 then
     local names = {}
     for _, p in ipairs(report.pending) do names[#names + 1] = string.format("%04d %s (%s)", p.seq, p.revision, p.message) end
@@ -849,7 +566,7 @@ function M.check_schema_version_on_startup(manager, opts)
   local current = st.current or "none"
   if st.dirty then
     raise { kind = "schema_dirty", current_revision = st.dirty.revision, head_revision = head,
-            message = "Database schema is dirty! " .. dirty_message(st.dirty) }
+            message = "Database schema is dirty! " .. status.dirty_message(st.dirty) }
   end
   if st.kind == "ahead" then
     raise { kind = "schema_ahead", current_revision = current, head_revision = head,

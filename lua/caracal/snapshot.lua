@@ -23,7 +23,6 @@
 -- @module caracal.snapshot
 local core = require "caracal.core"
 local models = require "caracal.models"
-local crypto = require "caracal.crypto"
 
 local M = {}
 
@@ -48,19 +47,19 @@ function M.create(session)
       spending[r.agent_id] = tostring(r.total)
     end
     local now = core.utcnow()
-    -- Encoded here (an empty agent_spending is {}) and sent as text: with
-    -- many agents the document is long, and core.json_encode cannot yet
-    -- encode long nested values safely.
-    local data = crypto.canonical_json({
-      agent_spending = spending,
-      snapshot_timestamp = now:naive(),
-      total_events = stats.n,
-      last_event_id = stats.last or 0,
-    })
-    local row = s:first("INSERT INTO ledger_snapshots (snapshot_id, snapshot_timestamp, total_events, merkle_root, " ..
-                        "snapshot_data, created_at) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6) RETURNING *",
-                        core.uuid4(), now, stats.n, root or "", data, now)
-    return models.from_row(SNAPSHOT, row)
+    local snap = models.LedgerSnapshot {
+      snapshot_timestamp = now, total_events = stats.n, merkle_root = root or "",
+      snapshot_data = {
+        agent_spending = spending, -- an empty table encodes as {}
+        snapshot_timestamp = now:naive(),
+        total_events = stats.n,
+        last_event_id = stats.last or 0,
+      },
+      created_at = now,
+    }
+    s:add(snap)
+    s:flush()
+    return snap
   end)
 end
 

@@ -285,6 +285,53 @@ describe("migration scripts", function()
     assert.matches("one-line message", raises(migrate.revision, "two\nlines", { dir = dir }).message, 1, true)
   end)
 
+  it("builds exactly this SQL for each op", function()
+    local ops = require "caracal.migrate.ops"
+    local sqltext = require "caracal.migrate.sqltext"
+    local sent = {}
+    local op = ops.new { run = function(sql) sent[#sent + 1] = sql return { columns = {} } end,
+                         quote = sqltext.quote_ident, transactional = true }
+    op.create_table("items", {
+      { "id", "BIGSERIAL", primary_key = true },
+      { "owner_id", "UUID", references = "users.id", on_delete = "cascade" },
+      { "code", "VARCHAR(20)", unique = true },
+      { "note", "TEXT", nullable = true, default = "''" },
+    }, { checks = { { name = "ck_items_code", condition = "code <> ''" } } })
+    op.add_column("items", { "qty", "INTEGER", default = "0" })
+    op.drop_column("items", "qty", { if_exists = true })
+    op.alter_column("items", "note", { type = "VARCHAR(100)", using = "left(note, 100)", nullable = false, default = false })
+    op.create_index("ix_items_code_lower", "items", { { expression = "lower(code)" }, "id" }, { where = "note <> ''" })
+    op.drop_index("ix_items_code_lower", { if_exists = true })
+    op.create_foreign_key("fk_items_owner", "items", "owner_id", "users", "id", { on_delete = "SET NULL", not_valid = true })
+    op.create_check_constraint("ck_items_note", "items", "length(note) > 0")
+    op.create_unique_constraint("uq_items_owner_code", "items", { "owner_id", "code" })
+    op.drop_constraint("uq_items_owner_code", "items")
+    op.rename_table("items", "things")
+    op.drop_table("things", { cascade = true })
+    assert.same({
+      'CREATE TABLE "items" (\n    "id" BIGSERIAL NOT NULL,\n    "owner_id" UUID NOT NULL,\n' ..
+        '    "code" VARCHAR(20) NOT NULL,\n    "note" TEXT DEFAULT \'\',\n    PRIMARY KEY ("id"),\n' ..
+        '    UNIQUE ("code"),\n    FOREIGN KEY ("owner_id") REFERENCES "users" ("id") ON DELETE CASCADE,\n' ..
+        '    CONSTRAINT "ck_items_code" CHECK (code <> \'\')\n)',
+      'ALTER TABLE "items" ADD COLUMN "qty" INTEGER NOT NULL DEFAULT 0',
+      'ALTER TABLE "items" DROP COLUMN IF EXISTS "qty"',
+      'ALTER TABLE "items" ALTER COLUMN "note" TYPE VARCHAR(100) USING left(note, 100), ' ..
+        'ALTER COLUMN "note" DROP DEFAULT, ALTER COLUMN "note" SET NOT NULL',
+      'CREATE INDEX "ix_items_code_lower" ON "items" ((lower(code)), "id") WHERE note <> \'\'',
+      'DROP INDEX IF EXISTS "ix_items_code_lower"',
+      'ALTER TABLE "items" ADD CONSTRAINT "fk_items_owner" FOREIGN KEY ("owner_id") REFERENCES "users" ("id") ' ..
+        'ON DELETE SET NULL NOT VALID',
+      'ALTER TABLE "items" ADD CONSTRAINT "ck_items_note" CHECK (length(note) > 0)',
+      'ALTER TABLE "items" ADD CONSTRAINT "uq_items_owner_code" UNIQUE ("owner_id", "code")',
+      'ALTER TABLE "items" DROP CONSTRAINT "uq_items_owner_code"',
+      'ALTER TABLE "items" RENAME TO "things"',
+      'DROP TABLE "things" CASCADE',
+    }, sent)
+    assert.has_error(function() op.add_column("t", { "c", "INT", nullabel = true }) end, "column: unknown option 'nullabel'")
+    assert.has_error(function() op.add_column("t", { "c", "INT", on_delete = "EXPLODE", references = "u.id" }) end)
+    assert.has_error(function() op.create_table("t", { { string.rep("c", 64), "INT" } }) end)
+  end)
+
   it("quotes identifiers and refuses unsafe types before any SQL is made", function()
     local sqltext = require "caracal.migrate.sqltext"
     assert.equal('"we""ird; drop"', sqltext.quote_ident('we"ird; drop'))
@@ -879,6 +926,31 @@ describe("migrate options and the command line in process", function()
     assert.same({ "c00000000001", "c00000000002" }, revs(history_rows(d)))
     assert.equal(0, d.scalar("select count(*) from pg_locks where locktype = 'advisory'"))
     d.drop()
+  end)
+
+  it("stops when the lock's connection is lost rather than go on unprotected", function()
+    local d = fresh("lostlock")
+    local n = 0
+    local err = raises(migrate.upgrade, d.manager, "head", { dir = make_dir(five()),
+      should_stop = function()
+        n = n + 1
+        if n == 3 then
+          d.sql("select pg_terminate_backend(pid) from pg_stat_activity " ..
+                "where application_name like 'caracal migrate: applying%'")
+        end
+        return false
+      end })
+    assert.equal("lock_lost", err.kind)
+    assert.matches("so the lock is gone: stopping before applying 0003 c00000000003", err.message, 1, true)
+    assert.same({ "c00000000001", "c00000000002" }, revs(history_rows(d)))
+    d.drop()
+  end)
+
+  it("ends a statement closing with a -- comment on a line of its own in --sql output", function()
+    local dir = make_dir({ { rev = "aa01", up = '    op.execute("select 1 -- a trailing comment")\n' ..
+                                                 '    op.execute("select \'--\'")' } })
+    local sql = migrate.upgrade(nil, "head", { dir = dir, sql = true })
+    assert.matches("\nselect 1 %-%- a trailing comment\n;\nselect '%-%-';\n", sql)
   end)
 
   it("lists the folder without lfs too, whatever its name", function()

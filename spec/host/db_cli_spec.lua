@@ -100,6 +100,7 @@ describe("caracal db", function()
 
   it("prints the SQL with --sql and contacts no database", function()
     -- Port 1 on loopback refuses at once: any attempt to connect would fail.
+    local _
     local out, err, rc = caracal_db("upgrade head --sql --dir " .. q(MIGRATIONS) ..
       " --url postgresql://nobody@127.0.0.1:1/nowhere")
     assert.equal(0, rc, err)
@@ -235,8 +236,8 @@ describe("caracal db", function()
     assert.equal(0, rc, err)
     local path, rev = out:match("^created (%S+) %(revision (%x+)%)\n$")
     assert.equal(dir .. "/0003_" .. rev .. "_add_widgets.lua", path)
-    out, _, rc = caracal_db("heads --dir " .. q(dir))
-    assert.equal(0, rc)
+    out, err, rc = caracal_db("heads --dir " .. q(dir))
+    assert.equal(0, rc, err)
     assert.equal(rev .. " (0003 add widgets) 0003_" .. rev .. "_add_widgets.lua\n", out)
   end)
 end)

@@ -158,7 +158,7 @@ describe("ECDSA P-256 keys", function()
     assert.equal(0, rc)
     ok, err = pcall(core.ec_sign, out, "m")
     assert.is_false(ok)
-    assert.equal("ec_sign: the private key is a ED25519 key, not an ECDSA P-256 key", err)
+    assert.equal("ec_sign: the private key is of type ED25519, not an ECDSA P-256 key", err)
   end)
 
   it("refuses an encrypted private key without prompting for a passphrase", function()
@@ -306,7 +306,7 @@ describe("mandate signatures", function()
   it("signatures made here verify with Python's cryptography, as the original checks them", function()
     if not has_python then return pending("python3 with cryptography is not installed") end
     local sig = crypto.sign_mandate(MANDATE, PRIV)
-    local input = core.json_encode({ payload = crypto.mandate_payload(MANDATE), sig = sig, pub = PUB })
+    local input = crypto.canonical_json({ payload = crypto.mandate_payload(MANDATE), sig = sig, pub = PUB })
     local out = python([[
 import json, sys, hashlib
 from cryptography.hazmat.primitives import hashes, serialization

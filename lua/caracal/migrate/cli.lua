@@ -6,7 +6,8 @@
 -- `manager()` returns the ConnectionManager (made on first call; never
 -- called for `--sql`, `heads`, `revision` or help), `dir` (the migrations
 -- folder when --dir is not given), `isatty(fd)` (fd 0 or 1),
--- `read_line()` (the answer to the downgrade prompt). `--url` and
+-- `read_line()` (the answer to the downgrade prompt), `should_stop()`
+-- (true after SIGINT: upgrade and downgrade stop before the next revision). `--url` and
 -- `--config` given after `db` are read here and win over `ctx.manager`;
 -- with neither and no `ctx.manager`, the manager is made as `caracal`
 -- makes it (CARACAL_DATABASE_URL, config file, local cluster).
@@ -186,6 +187,8 @@ end
 -- Options for caracal.migrate from the parsed command line.
 local function api_opts(o, c, extra)
   local opts = { dir = o.dir or c.dir }
+  -- The host's interrupt flag (SIGINT): checked between revisions.
+  if c.should_stop and extra and extra.progress then opts.should_stop = c.should_stop end
   if o.lock_timeout then
     opts.lock_timeout = finite_seconds(o.lock_timeout)
     if not opts.lock_timeout then error(usage_error("--lock-timeout needs a number of seconds >= 0"), 0) end

@@ -97,10 +97,20 @@ function M.acquire(manager, opts)
   end
   local lock = { session = session, released = false }
 
-  --- Show what the runner is doing (e.g. "applying 0002 d1e2f3a4b5c6").
+  --- Show what the runner is doing (e.g. "applying 0002 d1e2f3a4b5c6"),
+  -- and check the lock is still held: if its connection failed, the
+  -- server released the lock and another runner may start, so raise
+  -- (kind "lock_lost") rather than go on unprotected.
   function lock.note(text)
     if lock.released then return end
-    pcall(set_label, session:connection(), "caracal migrate: " .. text)
+    local ok, err = pcall(set_label, session:connection(), "caracal migrate: " .. text)
+    if not ok then
+      error(core.Error {
+        kind = "lock_lost", sqlstate = core.is_error(err) and err.sqlstate or nil,
+        message = "the migration lock's connection failed (" .. (core.is_error(err) and err.message or
+          tostring(err)) .. "), so the lock is gone: stopping before " .. text,
+      }, 0)
+    end
   end
 
   --- Unlock and return the connection. Idempotent; never raises.

@@ -37,11 +37,11 @@ local function ref_action(what, v)
   return " " .. what:upper():gsub("_", " ") .. " " .. up
 end
 
+-- Unknown keys are errors, so a typo (`nullabel = true`) cannot pass
+-- silently and change the schema.
 local function check_keys(what, t, allowed)
   for k in pairs(t) do
-    if not (math.type(k) == "integer" and allowed[k]) and not allowed[k] then
-      fail("%s: unknown option '%s'", what, tostring(k))
-    end
+    if not allowed[k] then fail("%s: unknown option '%s'", what, tostring(k)) end
   end
 end
 

@@ -116,22 +116,24 @@ local KNOWN_KEYS = { revision = true, down_revision = true, message = true, up =
   transaction = true, destructive_down = true, lock_timeout = true, statement_timeout = true,
   adopt = true }
 
-local function check_timeout(file, key, v)
+-- A timeout as PostgreSQL takes it: integer milliseconds or "<n><unit>".
+-- `where` prefixes the message (a script's name); nil means an option.
+local function check_timeout(where, key, v)
   if v == nil then return nil end
   if math.type(v) == "integer" and v >= 0 then return tostring(v) end -- milliseconds
   if type(v) == "string" and (v:match("^%d+$") or v:match("^%d+%s*ms$") or v:match("^%d+%s*s$")
       or v:match("^%d+%s*min$") or v:match("^%d+%s*h$")) then
     return v
   end
-  fail("invalid_script", "%s: %s must be milliseconds or text like '10s', '500ms', '5min', '1h', got %s",
-    file, key, tostring(v))
+  fail(where and "invalid_script" or "usage", "%s%s must be milliseconds or text like '10s', '500ms', " ..
+    "'5min', '1h', got %s", where and (where .. ": ") or "", key, tostring(v))
 end
 
 --- Validate a timeout option (milliseconds, or text like '10s').
 -- @tparam string what the option's name, for the message
 -- @param v
 -- @treturn string|nil the value as SQL text
-function M.check_timeout(what, v) return check_timeout("option", what, v) end
+function M.check_timeout(what, v) return check_timeout(nil, what, v) end
 
 -- Load one script file into a record; raises with the file named.
 local function load_script(dir, label_dir, file)

@@ -131,11 +131,13 @@ end
 -- @tparam string sql
 -- @tparam[opt=6] integer max_words
 -- @treturn table list of `{words = {...}, line = n}`
+-- @treturn boolean the text ends inside a `--` comment
 function M.statements(sql, max_words)
   max_words = max_words or 6
   local out = {}
   local cur
   local line = 1
+  local trailing_comment = false
   local i, n = 1, #sql
   local function word(w)
     if not cur then cur = { words = {}, line = line } out[#out + 1] = cur end
@@ -154,6 +156,7 @@ function M.statements(sql, max_words)
       i = i + 1
     elseif c == "-" and sql:sub(i + 1, i + 1) == "-" then
       local e = sql:find("\n", i, true)
+      if not e then trailing_comment = true end
       i = e or n + 1
     elseif c == "/" and sql:sub(i + 1, i + 1) == "*" then
       local depth, j = 1, i + 2
@@ -196,7 +199,7 @@ function M.statements(sql, max_words)
       i = i + 1
     end
   end
-  return out
+  return out, trailing_comment
 end
 
 --- The first transaction-control statement in SQL text, or nil: its
