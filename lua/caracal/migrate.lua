@@ -24,7 +24,7 @@
 -- `history` (the `caracal_migrations` table), `lock` (the advisory lock),
 -- `status` (where a database stands), `invoke` (running a script and
 -- locating its failure), `offline` (`--sql`), `catalog` (schema
--- snapshots), `sha256`, `template`, `cli` (`caracal db`).
+-- snapshots), `template`, `cli` (`caracal db`).
 -- Failures raise caracal.Error objects with `kind` set ("migration_failed",
 -- "locked", "drift", "schema_dirty", "schema_outdated", "schema_ahead",
 -- "schema_unknown", "destructive", "interrupted", "lock_lost", "usage", ...),

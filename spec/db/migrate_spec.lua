@@ -5,7 +5,6 @@ local core = require "caracal.core"
 local db = require "caracal.db"
 local migrate = require "caracal.migrate"
 local scripts = require "caracal.migrate.scripts"
-local sha256 = require "caracal.migrate.sha256"
 local testdb = require "testdb"
 
 local ROOT = os.getenv("CARACAL_ROOT") or "."
@@ -174,13 +173,6 @@ end)
 ---------------------------------------------------------------------------
 
 describe("migration scripts", function()
-  it("computes SHA-256 like sha256sum", function()
-    assert.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", sha256.hex(""))
-    assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", sha256.hex("abc"))
-    assert.equal("248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
-      sha256.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))
-  end)
-
   it("normalises line endings, BOM and trailing whitespace before checksumming", function()
     local base = "return {\n  x = 1,\n}\n"
     assert.equal(scripts.checksum(base), scripts.checksum("\239\187\191return {\r\n  x = 1,   \r\n}\r\n\r\n\n"))
@@ -462,7 +454,7 @@ describe("migrate (online)", function()
       assert.equal(sc.down_revision, r.down_revision)
       assert.equal(sc.message, r.message)
       assert.equal(sc.file, r.file)
-      assert.equal(sha256.hex(scripts.normalise(read(MIGRATIONS .. "/" .. sc.file))), r.checksum)
+      assert.equal(core.sha256_hex(scripts.normalise(read(MIGRATIONS .. "/" .. sc.file))), r.checksum)
       assert.equal(read(MIGRATIONS .. "/" .. sc.file), r.script)
       assert.is_true(r.applied_at >= before)
       assert.matches("^caracal %(.+@.+%)$", r.applied_by)

@@ -19,7 +19,6 @@
 -- script, several bases, cycles and several heads are all errors.
 -- @module caracal.migrate.scripts
 local core = require "caracal.core"
-local sha256 = require "caracal.migrate.sha256"
 
 local M = {}
 
@@ -62,7 +61,7 @@ end
 -- @tparam string src
 -- @treturn string
 function M.checksum(src)
-  return sha256.hex(M.normalise(src))
+  return core.sha256_hex(M.normalise(src))
 end
 
 -- The names in a folder (without . and ..), sorted. lfs when it is
