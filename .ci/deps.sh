@@ -3,7 +3,8 @@
 # when they are all present (so `make run` and `make check` can call it).
 set -eu
 PKGS="build-essential pkg-config liblua5.4-dev lua5.4 libpq-dev uuid-dev lua-cjson lua-busted
-      libssl-dev libreadline-dev postgresql postgresql-contrib tmux procps util-linux"
+      libssl-dev libreadline-dev postgresql postgresql-contrib tmux procps util-linux
+      python3 python3-cryptography"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
