@@ -39,6 +39,16 @@
  *   caracal_pool_prewarm at startup) and resetting a returned connection
  *   that needs it (a ROLLBACK round trip).
  *
+ *     caracal_pool_prewarm(pool, 4, err, sizeof err);
+ *     opts.pool = pool; opts.nonblocking = 1; opts.on_error = report;
+ *     caracal_openlibs(L, &opts);
+ *     for (;;) {                                  // the host's frame
+ *       run_systems(L);                           // Lua may core.spawn(fn)
+ *       caracal_poll(L, 0.002);                   // at most ~2 ms of it
+ *       render(); wait_for_next_frame();          // or wait on caracal_event_fd
+ *     }
+ *     caracal_close(L); lua_close(L); caracal_pool_release(pool);
+ *
  * Errors: functions that can fail return CARACAL_OK (0) or a negative
  * caracal_Status and write a message into the caller's buffer. No function
  * calls exit() and no message ever contains a password.

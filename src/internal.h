@@ -40,6 +40,7 @@ struct caracal_Conn {
   struct caracal_Conn *prev, *next; /* in-use list, for the timeout message */
   struct caracal_Conn *next_parked; /* returned by a finalizer, awaiting reset */
   StmtCache *stmts;      /* prepared statements on this PGconn (stmtcache.c) */
+  unsigned long stmt_seq; /* last statement number used on this PGconn */
   /* Server notices (NOTICE, WARNING) buffered for the borrower: libpq
    * calls the receiver in the middle of a result, where we must not raise
    * or print. Oldest dropped beyond CARACAL_MAX_NOTICES. */
@@ -178,6 +179,9 @@ void err_open(lua_State *L);
 
 /* Push a result's rows as an array of tables keyed by column name. */
 void res_push_rows(lua_State *L, const PGresult *res, bool binary);
+/* Push one value of a result, decoded as res_push_rows does (nil for
+ * NULL). */
+void res_push_value(lua_State *L, const PGresult *res, int row, int col, bool binary);
 /* Does every column of the described statement have a binary decoder? */
 bool res_binary_ok(const PGresult *desc);
 
@@ -257,6 +261,13 @@ caracal_Conn *lconn_get(lua_State *L, int idx);
  * reset at the next checkout, like __gc). */
 void lconn_release_deferred(lua_State *L, int idx);
 /* ==== end async.c ======================================================= */
+
+/* ==== lbulk.c: bulk paths of a connection ===============================
+ * (Added with the fast paths: pipelined flush, COPY.) Adds
+ * execute_pipeline and copy_in to the methods of "caracal.Connection";
+ * call after lconn_open. */
+void lbulk_open(lua_State *L);
+/* ==== end lbulk.c ======================================================= */
 
 /* Registry keys (addresses of these objects) for per-state context. */
 extern const char CARACAL_REG_JSON;    /* the private cjson instance */

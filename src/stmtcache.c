@@ -24,7 +24,6 @@ struct StmtCache {
   Stmt *buckets[STMT_BUCKETS];
   Stmt *lru_head, *lru_tail; /* head = most recently used */
   int count;
-  unsigned long next_id;
 };
 
 static unsigned hash_sql(const char *s) {
@@ -134,7 +133,10 @@ Stmt *stmt_new(caracal_Conn *conn, const char *sql) {
     return NULL;
   }
   s->hash = hash_sql(sql);
-  snprintf(s->name, sizeof s->name, "caracal_%lu", ++c->next_id);
+  /* Numbered per connection, never per cache: a forgotten cache (after a
+   * DEALLOCATE ALL that may have failed) must not reuse a name the server
+   * might still hold. */
+  snprintf(s->name, sizeof s->name, "caracal_%lu", ++conn->stmt_seq);
   return s;
 }
 
