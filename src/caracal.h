@@ -76,7 +76,8 @@ typedef enum caracal_Status {
   CARACAL_ECLOSED = -4,  /* the pool was closed */
   CARACAL_ENOMEM = -5,
   CARACAL_EAGAIN = -6,   /* would wait: try again later (non-blocking calls) */
-  CARACAL_ELUA = -7      /* a Lua error (reported to the host's on_error) */
+  CARACAL_ELUA = -7,     /* a Lua error (reported to the host's on_error) */
+  CARACAL_ESCHEMA = -8   /* the database schema is not at the head revision */
 } caracal_Status;
 
 /* Log levels passed to a host logger. */
@@ -287,6 +288,18 @@ int caracal_event_fd(lua_State *L);
  * (or nothing) are awaited.
  */
 double caracal_poll_timeout(lua_State *L);
+
+/*
+ * The seed's startup check: CARACAL_OK when the database of the state's
+ * current connection manager (made as initialize_connection_manager()
+ * makes it when there is none) is at the head migration. Otherwise
+ * CARACAL_ESCHEMA with the message in err: "Database schema is outdated!
+ * Current revision: X, Head revision: Y, Pending migrations: N, run
+ * 'caracal db upgrade head'", or that the database is ahead of the
+ * scripts, at an unknown revision, or dirty; CARACAL_ELUA for any other
+ * failure (the database unreachable, ...). Call after caracal_openlibs.
+ */
+int caracal_check_schema_version(lua_State *L, char *err, size_t errlen);
 
 /* Replace the password (raw and percent-encoded) and any password=...
  * or user:secret@ parts of msg with ***. Returns bytes written (out is
