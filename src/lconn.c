@@ -524,7 +524,12 @@ static int conn_quote_ident(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 2, &len);
   if (len == 0) return luaL_error(L, "invalid identifier: empty name");
-  if (len > 63) return luaL_error(L, "invalid identifier: '%.40s...' is %d bytes, PostgreSQL allows 63", name, (int)len);
+  if (len > 63) {
+    /* lua_pushfstring has no precision: show the first 40 bytes by hand. */
+    lua_pushlstring(L, name, 40);
+    return luaL_error(L, "invalid identifier: '%s...' is %d bytes, PostgreSQL allows 63", lua_tostring(L, -1),
+                      (int)len);
+  }
   if (memchr(name, '\0', len)) return luaL_error(L, "invalid identifier: contains a NUL byte");
   char *q = PQescapeIdentifier(c->conn->pg, name, len);
   if (!q) return luaL_error(L, "invalid identifier: %s", PQerrorMessage(c->conn->pg));
