@@ -80,6 +80,7 @@ int luaopen_caracal_core(lua_State *L) {
   crypto_open(L);
   lpool_open(L);
   lconn_open(L);
+  lbulk_open(L); /* execute_pipeline, copy_in (lbulk.c) */
   async_open(L); /* spawn, poll, listen, ... (async.c) */
   return 1;
 }

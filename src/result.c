@@ -275,6 +275,17 @@ static void push_text(lua_State *L, Oid t, const char *v, int len) {
   }
 }
 
+void res_push_value(lua_State *L, const PGresult *res, int row, int col, bool binary) {
+  if (PQgetisnull(res, row, col)) {
+    lua_pushnil(L);
+    return;
+  }
+  const char *v = PQgetvalue(res, row, col);
+  int len = PQgetlength(res, row, col);
+  if (binary) push_binary(L, PQftype(res, col), v, len);
+  else push_text(L, PQftype(res, col), v, len);
+}
+
 void res_push_rows(lua_State *L, const PGresult *res, bool binary) {
   int nrows = PQntuples(res), ncols = PQnfields(res);
   luaL_checkstack(L, 6, "result");

@@ -8,9 +8,9 @@
 --      s:add(LedgerEvent{agent_id = p.principal_id, resource_type = "x", quantity = "1", cost = "0.03"})
 --    end)  -- flushed in order and committed; event_id is set on the event
 --
--- Objects are validated when added and again when written, so a bad
--- object never reaches the server and a failed flush writes nothing the
--- scope keeps. Ledger models (LedgerEvent, AuthorityLedgerEvent, AuditLog)
+-- Objects are validated when added and again when written if changed
+-- since, so a bad object never reaches the server and a failed flush
+-- writes nothing the scope keeps. Ledger models (LedgerEvent, AuthorityLedgerEvent, AuditLog)
 -- are append-only: `update` and `delete` refuse them.
 -- @module caracal.unitofwork
 local core = require "caracal.core"
@@ -20,27 +20,31 @@ local schema = require "caracal.schema"
 local M = {}
 
 -- Statement texts are built once per table and cached: the connection's
--- prepared-statement cache keys on the text.
+-- prepared-statement cache keys on the text. With each, the options of
+-- conn:execute_pipeline that read the parameters from the objects' fields
+-- and store the returned row back into them.
 local insert_sql, select_pk_sql = {}, {}
 
 local function q(name) return '"' .. name:gsub('"', '""') .. '"' end
 
 local function insert_statement(tbl)
   local sql = insert_sql[tbl.name]
-  if sql then return sql, tbl.insert_cols end
-  local cols, marks = {}, {}
+  if sql then return sql, tbl.insert_cols, tbl.insert_opts end
+  local cols, marks, keys, into = {}, {}, {}, {}
   for _, c in ipairs(tbl.columns) do
     if not c.serial then
       cols[#cols + 1] = c
       marks[#marks + 1] = "$" .. #cols
+      keys[#keys + 1] = c.attr
     end
+    into[c.name] = c.attr
   end
   local names = {}
   for i, c in ipairs(cols) do names[i] = q(c.name) end
   sql = string.format("INSERT INTO %s (%s) VALUES (%s) RETURNING *", q(tbl.name),
                       table.concat(names, ", "), table.concat(marks, ", "))
-  insert_sql[tbl.name], tbl.insert_cols = sql, cols
-  return sql, cols
+  insert_sql[tbl.name], tbl.insert_cols, tbl.insert_opts = sql, cols, { keys = keys, into = into }
+  return sql, cols, tbl.insert_opts
 end
 
 local function need_table(v, what)
@@ -62,12 +66,42 @@ local function need_model(model, what)
   return tbl
 end
 
+-- The fields of each object as `add` validated them. `flush` validates an
+-- object again only when a field was set, added or removed since (a
+-- validation costs more than the rest of a queued insert). A JSON table
+-- changed in place is not seen here; it is still encoded, and refused if
+-- it cannot be, when the object is sent.
+local validated = setmetatable({}, { __mode = "k" })
+local COUNT = {} -- the key of a snapshot's field count
+
+local function snapshot(obj)
+  local snap, n = {}, 0
+  for k, v in next, obj do
+    snap[k] = v
+    n = n + 1
+  end
+  snap[COUNT] = n
+  validated[obj] = snap
+end
+
+local function unchanged(obj)
+  local snap = validated[obj]
+  if not snap then return false end
+  local n = 0
+  for k, v in next, obj do
+    if snap[k] ~= v then return false end
+    n = n + 1
+  end
+  return n == snap[COUNT]
+end
+
 --- Queue an object for writing at the next flush or commit.
 -- @param obj a model object
 -- @return obj
 function M.add(self, obj)
   local tbl = need_table(obj, "add")
   models.validate(tbl, obj)
+  snapshot(obj)
   self.pending[#self.pending + 1] = obj
   return obj
 end
@@ -78,34 +112,121 @@ function M.add_all(self, list)
   return list
 end
 
---- Write every queued object, in order. Keys the server generates
--- (`event_id`, `log_id`) and its normalised values (NUMERIC scale, ...)
--- are set on the objects. On failure nothing of the flush is kept: it runs
--- inside a savepoint, and the queue is left as it was.
-function M.flush(self)
-  local pending = self.pending
-  if #pending == 0 then return end
-  for _, obj in ipairs(pending) do models.validate(models.table_of(obj), obj) end
-  self.pending = {}
-  local ok, err = pcall(self.session_scope, self, function(s)
-    for _, obj in ipairs(pending) do
-      local tbl = models.table_of(obj)
-      local sql, cols = insert_statement(tbl)
+-- Set what the server returned (generated keys, normalised values) on obj.
+local function apply_row(tbl, obj, row)
+  for _, c in ipairs(tbl.columns) do
+    local v = row[c.name]
+    if c.json == "array" and type(v) == "table" then v = core.json_array(v) end
+    rawset(obj, c.attr, v)
+  end
+end
+
+-- A statement error located at the user's line, the session marked lost
+-- when the connection went away (what db.lua's statements do).
+local function statement_error(self, conn, err)
+  if conn:is_lost() then self.lost = true end
+  if core.is_error(err) then
+    local where = require("caracal.db").user_where(3)
+    if where then err.where = where end
+  end
+  error(err, 0)
+end
+
+-- Write validated objects on the session's connection, in order. A run of
+-- consecutive objects of one model is one INSERT ... RETURNING * sent as
+-- a pipeline (conn:execute_pipeline): one round trip for the run instead
+-- of one per object, the same prepared statement; the parameters are read
+-- from the objects' fields and each returned row is stored back into its
+-- object, both in C.
+local function write(self, pending)
+  local conn = self:connection()
+  local n = #pending
+  local i = 1
+  while i <= n do
+    local tbl = models.table_of(pending[i])
+    local j = i
+    while j < n and models.table_of(pending[j + 1]) == tbl do j = j + 1 end
+    local sql, cols, opts = insert_statement(tbl)
+    if j == i then
+      local obj = pending[i]
+      local ncols = #cols
       local args = {}
-      for i, c in ipairs(cols) do args[i] = rawget(obj, c.attr) end
-      local rows = s.conn:execute(sql, table.unpack(args, 1, #cols))
-      local row = rows[1]
-      for _, c in ipairs(tbl.columns) do
-        local v = row[c.name]
-        if c.json == "array" and type(v) == "table" then v = core.json_array(v) end
-        rawset(obj, c.attr, v)
+      for k = 1, ncols do args[k] = rawget(obj, cols[k].attr) end
+      local ok, rows = pcall(conn.execute, conn, sql, table.unpack(args, 1, ncols))
+      if not ok then statement_error(self, conn, rows) end
+      apply_row(tbl, obj, rows[1])
+    else
+      local group = table.move(pending, i, j, 1, {})
+      -- Rows are stored into the objects as they come back; if a later
+      -- one fails, the objects are put back as they were.
+      local saved = {}
+      for k, obj in ipairs(group) do
+        local copy = {}
+        for attr, v in next, obj do copy[attr] = v end
+        saved[k] = copy
+      end
+      local ok, err = pcall(conn.execute_pipeline, conn, sql, group, opts)
+      if not ok then
+        for k, obj in ipairs(group) do
+          local copy = saved[k]
+          for _, c in ipairs(tbl.columns) do rawset(obj, c.attr, copy[c.attr]) end
+        end
+        statement_error(self, conn, err)
       end
     end
-  end)
+    i = j + 1
+  end
+end
+
+M.write = write -- for caracal.bulk (bulk_insert with returning = true)
+
+--[[ How a flush keeps "a failed flush writes nothing":
+
+  * In a transaction (depth >= 1), an explicit `flush()` and the one before
+    a statement (`execute` flushes first) run inside a savepoint: on
+    failure only the flush is undone and the transaction stays usable.
+  * The flush that `commit` makes at the outermost level skips the
+    savepoint (two round trips fewer per commit). Nothing is lost by it:
+    if a statement of the flush fails, the server aborts the whole
+    transaction, so the COMMIT cannot keep part of it (a later `commit`
+    raises 25P02; a scope or `<close>` rolls back); if the failure is
+    raised before anything was sent (validation), the transaction is
+    untouched; and a batch interrupted half-way by a Lua error is aborted
+    on the server by execute_pipeline itself.
+  * With no transaction open, one object is a single INSERT in its own
+    implicit transaction (one round trip; atomic by itself); several are
+    written in a transaction of their own (BEGIN ... COMMIT), as before.
+    A read-only session always takes that path, so BEGIN READ ONLY applies.
+
+  Whatever failed, the queue is left as it was. ]]
+local function flush(self, in_commit)
+  local pending = self.pending
+  if #pending == 0 then return end
+  for _, obj in ipairs(pending) do
+    if not unchanged(obj) then models.validate(models.table_of(obj), obj) end
+  end
+  self.pending = {}
+  local ok, err
+  if self.depth == 0 and #pending == 1 and not self.readonly and not self.lost then
+    ok, err = pcall(write, self, pending)
+  elseif self.depth == 1 and in_commit then
+    ok, err = pcall(write, self, pending)
+  else
+    ok, err = pcall(self.session_scope, self, function(s) write(s, pending) end)
+  end
   if not ok then
     self.pending = pending
     error(err, 0)
   end
+end
+
+--- Write every queued object, in order. Keys the server generates
+-- (`event_id`, `log_id`) and its normalised values (NUMERIC scale, ...)
+-- are set on the objects. On failure nothing of the flush is kept (it runs
+-- inside a savepoint when a transaction is open) and the queue is left as
+-- it was.
+function M.flush(self)
+  flush(self, false)
 end
 
 --- The object with this primary key, or nil.
@@ -237,11 +358,18 @@ function M.delete(self, obj)
   return count
 end
 
---- Install the methods on a Session class.
+--- Install the methods on a Session class. `commit` is wrapped so that its
+-- flush skips the savepoint (see `flush` above).
 function M.install(Session)
   for _, name in ipairs({ "add", "add_all", "flush", "get", "query", "update", "delete" }) do
     Session[name] = M[name]
   end
+  local commit = Session.commit
+  function Session.commit(self)
+    if not self.closed and #self.pending > 0 then flush(self, true) end
+    return commit(self)
+  end
+  require("caracal.bulk").install(Session)
 end
 
 return M

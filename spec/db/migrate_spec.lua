@@ -160,8 +160,9 @@ os.exit(ok and 0 or 1)
 local function lua_cmd(script_path, ...)
   local args = {}
   for i, a in ipairs({ ... }) do args[i] = q(a) end
-  return string.format("LUA_PATH=%s LUA_CPATH=%s lua5.4 %s %s", q(package.path), q(package.cpath),
-    q(script_path), table.concat(args, " "))
+  -- The interpreter running these specs (lua5.4, or the sanitized host).
+  return string.format("LUA_PATH=%s LUA_CPATH=%s %s %s %s", q(package.path), q(package.cpath),
+    os.getenv("CARACAL_LUA") or "lua5.4", q(script_path), table.concat(args, " "))
 end
 
 teardown(function()
