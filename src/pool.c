@@ -384,18 +384,11 @@ static int checkout(caracal_Pool *p, const char *holder, bool wait, double waite
   /* An unlocked peek keeps the fast path to one lock; a miss is harmless. */
   if (__atomic_load_n(&p->deferred, __ATOMIC_RELAXED)) drain_deferred(p);
   pthread_mutex_lock(&p->mu);
-  double start = now_monotonic();
-  struct timespec deadline;
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  {
-    double secs = p->timeout;
-    deadline.tv_sec += (time_t)secs;
-    deadline.tv_nsec += (long)((secs - (double)(time_t)secs) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-      deadline.tv_sec++;
-      deadline.tv_nsec -= 1000000000L;
-    }
-  }
+  /* The deadline is computed only when this checkout has to wait: the
+   * fast path reads the clock once (for recycling and the holder's age). */
+  double start = 0;
+  struct timespec deadline = {0, 0};
+  bool have_deadline = false;
   for (;;) {
     if (p->closed) {
       pthread_mutex_unlock(&p->mu);
@@ -414,6 +407,18 @@ static int checkout(caracal_Pool *p, const char *holder, bool wait, double waite
     if (c || fresh) {
       double now = pool_now(p);
       bool replace = c && conn_expired(p, c, now);
+      if (c && !replace && !p->pre_ping) {
+        /* The fast path: an idle connection that needs nothing, handed out
+         * under the one lock, with no system call. */
+        c->in_use = true;
+        c->invalid = false;
+        c->checked_out_at = now;
+        snprintf(c->holder, sizeof c->holder, "%s", holder ? holder : "");
+        inuse_link(p, c);
+        pthread_mutex_unlock(&p->mu);
+        *out = c;
+        return CARACAL_OK;
+      }
       if (replace) {
         p->recycles++;
         p->checked_out--;
@@ -469,6 +474,18 @@ static int checkout(caracal_Pool *p, const char *holder, bool wait, double waite
       pthread_mutex_unlock(&p->mu);
       snprintf(err, errlen, "no connection is free yet");
       return CARACAL_EAGAIN;
+    }
+    if (!have_deadline) {
+      start = now_monotonic();
+      clock_gettime(CLOCK_MONOTONIC, &deadline);
+      double secs = p->timeout;
+      deadline.tv_sec += (time_t)secs;
+      deadline.tv_nsec += (long)((secs - (double)(time_t)secs) * 1e9);
+      if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+      }
+      have_deadline = true;
     }
     p->waiting++;
     int rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
@@ -526,6 +543,29 @@ int caracal_pool_prewarm(caracal_Pool *p, int n, char *err, size_t errlen) {
   return opened;
 }
 
+/* The second half of a checkin, under the lock: the connection leaves
+ * the in-use list and goes back on the idle stack, or is closed. Returns
+ * the connection to close (outside the lock), or NULL. */
+static caracal_Conn *finish_checkin(caracal_Pool *p, caracal_Conn *c, bool dead, bool keep) {
+  c->in_use = false;
+  c->holder[0] = '\0';
+  inuse_unlink(p, c);
+  p->checked_out--;
+  double now = pool_now(p);
+  if (dead && PQstatus(c->pg) != CONNECTION_OK) {
+    /* The server went away: the idle ones most likely went with it. */
+    p->invalidated_at = now;
+  }
+  if (keep && !p->closed && p->nidle < p->size && !conn_expired(p, c, now)) {
+    p->idle[p->nidle++] = c;
+    c = NULL;
+  } else {
+    p->discards++;
+  }
+  if (p->waiting) pthread_cond_signal(&p->cv);
+  return c;
+}
+
 void caracal_pool_checkin(caracal_Conn *c) {
   if (!c) return;
   caracal_Pool *p = c->pool;
@@ -535,28 +575,22 @@ void caracal_pool_checkin(caracal_Conn *c) {
     pool_log(p, CARACAL_LOG_WARN, "connection returned twice; ignoring the second return");
     return;
   }
+  if (!conn_needs_reset(p, c) && c->nnotices == 0) {
+    /* The fast path: nothing to reset, one lock, no system call. */
+    c = finish_checkin(p, c, false, true);
+    pthread_mutex_unlock(&p->mu);
+    conn_destroy(c); /* NULL when kept */
+    return;
+  }
   pthread_mutex_unlock(&p->mu);
 
+  /* Resetting takes round trips: never under the lock. */
   bool dead = c->invalid || PQstatus(c->pg) != CONNECTION_OK;
   bool keep = !dead && conn_reset(p, c);
-
   pool_clear_notices(c);
+
   pthread_mutex_lock(&p->mu);
-  c->in_use = false;
-  c->holder[0] = '\0';
-  inuse_unlink(p, c);
-  p->checked_out--;
-  if (dead && PQstatus(c->pg) != CONNECTION_OK) {
-    /* The server went away: the idle ones most likely went with it. */
-    p->invalidated_at = pool_now(p);
-  }
-  if (keep && !p->closed && p->nidle < p->size && !conn_expired(p, c, pool_now(p))) {
-    p->idle[p->nidle++] = c;
-    c = NULL;
-  } else {
-    p->discards++;
-  }
-  pthread_cond_signal(&p->cv);
+  c = finish_checkin(p, c, dead, keep);
   pthread_mutex_unlock(&p->mu);
   conn_destroy(c); /* NULL when kept */
 }
