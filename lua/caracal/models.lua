@@ -149,6 +149,35 @@ local function suggest(tbl, key)
   return best and string.format(" (did you mean '%s'?)", best) or ""
 end
 
+-- The fields of each object as it was last validated, so that `add` and
+-- `flush` validate again only when a field was set, added or removed
+-- since (a validation costs more than the rest of a queued insert). A
+-- JSON table changed in place is not seen here; it is still encoded, and
+-- refused if it cannot be, when the object is sent.
+local validated = setmetatable({}, { __mode = "k" })
+local COUNT = {} -- the key of a snapshot's field count
+
+local function remember(obj)
+  local snap, n = {}, 0
+  for k, v in next, obj do
+    snap[k] = v
+    n = n + 1
+  end
+  snap[COUNT] = n
+  validated[obj] = snap
+end
+
+local function unchanged(obj)
+  local snap = validated[obj]
+  if not snap then return false end
+  local n = 0
+  for k, v in next, obj do
+    if snap[k] ~= v then return false end
+    n = n + 1
+  end
+  return n == snap[COUNT]
+end
+
 --- Validate a complete object against its table (used at construction
 -- and again before it is written, in case fields changed since).
 -- @raise caracal.Error (kind "validation")
@@ -167,6 +196,13 @@ function M.validate(tbl, obj)
       rawset(obj, col.attr, coerce(tbl, col, v))
     end
   end
+  remember(obj)
+  return obj
+end
+
+--- Validate obj unless it is unchanged since it was last validated.
+function M.ensure_valid(tbl, obj)
+  if not unchanged(obj) then M.validate(tbl, obj) end
   return obj
 end
 

@@ -66,42 +66,11 @@ local function need_model(model, what)
   return tbl
 end
 
--- The fields of each object as `add` validated them. `flush` validates an
--- object again only when a field was set, added or removed since (a
--- validation costs more than the rest of a queued insert). A JSON table
--- changed in place is not seen here; it is still encoded, and refused if
--- it cannot be, when the object is sent.
-local validated = setmetatable({}, { __mode = "k" })
-local COUNT = {} -- the key of a snapshot's field count
-
-local function snapshot(obj)
-  local snap, n = {}, 0
-  for k, v in next, obj do
-    snap[k] = v
-    n = n + 1
-  end
-  snap[COUNT] = n
-  validated[obj] = snap
-end
-
-local function unchanged(obj)
-  local snap = validated[obj]
-  if not snap then return false end
-  local n = 0
-  for k, v in next, obj do
-    if snap[k] ~= v then return false end
-    n = n + 1
-  end
-  return n == snap[COUNT]
-end
-
 --- Queue an object for writing at the next flush or commit.
 -- @param obj a model object
 -- @return obj
 function M.add(self, obj)
-  local tbl = need_table(obj, "add")
-  models.validate(tbl, obj)
-  snapshot(obj)
+  models.ensure_valid(need_table(obj, "add"), obj)
   self.pending[#self.pending + 1] = obj
   return obj
 end
@@ -203,7 +172,7 @@ local function flush(self, in_commit)
   local pending = self.pending
   if #pending == 0 then return end
   for _, obj in ipairs(pending) do
-    if not unchanged(obj) then models.validate(models.table_of(obj), obj) end
+    models.ensure_valid(models.table_of(obj), obj)
   end
   self.pending = {}
   local ok, err
