@@ -290,7 +290,8 @@ end
 -- `partial` (default true: also close a last batch smaller than
 -- batch_size), `max_batches`, `through_event_id` (batch only events up to
 -- this id), `digest_file` (append one JSON line per committed batch with
--- its event ids and leaves: see the module notes)
+-- its event ids and leaves: see the module notes), `progress` (called
+-- with each batch once it is committed)
 -- @treturn table list of batches `{batch_id, root_id, merkle_root,
 -- signature, first_event_id, last_event_id, event_count, source, created_at}`
 function M.batch(session, opts)
@@ -312,6 +313,7 @@ function M.batch(session, opts)
     if not b then break end
     done[#done + 1] = b
     if opts.digest_file then append_digest(opts.digest_file, b, ids, leaves) end
+    if opts.progress then opts.progress(b) end
   end
   return done
 end

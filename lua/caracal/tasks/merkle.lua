@@ -3,6 +3,7 @@
 -- @module caracal.tasks.merkle
 local core = require "caracal.core"
 local merkle = require "caracal.merkle"
+local progress = require "caracal.progress"
 local task = require "caracal.task"
 
 local M = {}
@@ -30,6 +31,18 @@ can name the exact changed event and notice a deleted batch.
 local SPEC = { ["key-file"] = "value", ["public-key-file"] = "value", ["batch-size"] = "value",
                ["digest-file"] = "value", json = "flag" }
 
+-- A progress bar over the events still unbatched when the task starts.
+local function with_progress(ctx, session, o)
+  local total = session:scalar("SELECT count(*) FROM ledger_events WHERE merkle_root_id IS NULL")
+  local bar = progress.new { total = total, label = "batching", tty = ctx.isatty("stderr") }
+  local done = 0
+  o.progress = function(b)
+    done = done + b.event_count
+    bar:update(done)
+  end
+  return bar
+end
+
 local function batch_opts(opts, source)
   local key = opts.key_file or os.getenv("CARACAL_MERKLE_KEY_FILE")
   if not key then error({ usage = "needs --key-file (or CARACAL_MERKLE_KEY_FILE)" }, 0) end
@@ -48,15 +61,20 @@ end
 
 local handlers = {}
 
-function handlers.batch(ctx, opts)
-  local o = batch_opts(opts, "live")
-  report_batches(opts, ctx.manager():session_scope(function(s) return merkle.batch(s, o) end))
+local function run_batches(ctx, opts, source, fn)
+  local o = batch_opts(opts, source)
+  -- One session, each batch its own transaction (batch scopes commit as
+  -- they go), so a long run keeps what it finished if it stops.
+  local s <close> = ctx.manager():session()
+  local bar = with_progress(ctx, s, o)
+  s:commit()
+  local batches = fn(s, o)
+  bar:finish()
+  report_batches(opts, batches)
 end
 
-function handlers.backfill(ctx, opts)
-  local o = batch_opts(opts, "migration")
-  report_batches(opts, ctx.manager():session_scope(function(s) return merkle.backfill(s, o) end))
-end
+function handlers.batch(ctx, opts) run_batches(ctx, opts, "live", merkle.batch) end
+function handlers.backfill(ctx, opts) run_batches(ctx, opts, "migration", merkle.backfill) end
 
 function handlers.proof(ctx, opts, words)
   local id = math.tointeger(tonumber(words[2] or ""))
