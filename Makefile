@@ -7,6 +7,7 @@
 #   make check      deps, build, every test against a throwaway cluster
 #   make SANITIZE=1 ...   everything built with -fsanitize=address,undefined
 #   make valgrind   the host under valgrind's leak checker
+#   make bench      the benchmark suite (bench/run.sh; BENCH_EVENTS=20000)
 #   make install PREFIX=/usr/local DESTDIR=   header, libraries, host, pkg-config
 #                   file (caracal.pc), Lua layer and migrations
 
@@ -32,6 +33,12 @@ LDLIBS  := -lpq -luuid -lcrypto -lpthread -lm
 ifeq ($(SANITIZE),1)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
+endif
+# ThreadSanitizer, for the pool tests (`make reliability` builds them in
+# $(BUILD)/tsan with TSAN=1).
+ifeq ($(TSAN),1)
+  CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=thread
 endif
 
 # The library: every src/*.c except the host's own entry points.
@@ -96,6 +103,18 @@ valgrind: deps all
 clean:
 	rm -rf $(BUILD)
 
+# ---- bench: the same work through libpq, Caracal and the peers ----------
+$(BUILD)/bench/libpq_floor: bench/libpq_floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lpq
+
+$(BUILD)/bench/host_bench: bench/host_bench.c $(BUILD)/libcaracal.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcaracal.a $(LUA_LIBS) $(LDLIBS)
+
+bench: deps all $(BUILD)/bench/libpq_floor $(BUILD)/bench/host_bench
+	@BUILD=$(BUILD) bash bench/run.sh
+
 # ---- install: `make install PREFIX=/usr/local DESTDIR=` -----------------
 # The header, libcaracal.{a,so}, the host, the Lua C module, a pkg-config
 # file, the Lua layer and the migrations. The library is rebuilt in
@@ -125,3 +144,73 @@ install:
 	rm -rf $(DESTDIR)$(DATADIR)/lua $(DESTDIR)$(DATADIR)/migrations
 	cp -R lua $(DESTDIR)$(DATADIR)/lua
 	cp -R migrations $(DESTDIR)$(DATADIR)/migrations
+
+# ---- reliability and fuzzing ------------------------------------------
+#   make reliability   the long fault, bad-input and load set (a few
+#                      minutes): spec/reliability, the fast fault specs,
+#                      the load test plain and under ThreadSanitizer (with
+#                      the pool tests), each fuzz target for
+#                      RELIABILITY_FUZZ_SECONDS; ends with the report table.
+#   make fuzz          every fuzz target for FUZZ_SECONDS (default 600)
+# Root-only cases (network namespaces, nft, tmpfs) skip cleanly otherwise.
+REL      := $(BUILD)/reliability
+TSAN_BUILD ?= $(BUILD)/tsan
+FUZZ_BUILD ?= $(BUILD)/fuzz
+FUZZ_SECONDS ?= 600
+RELIABILITY_FUZZ_SECONDS ?= 15
+FUZZ_CC  ?= clang
+FUZZERS  := $(patsubst spec/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard spec/fuzz/fuzz_*.c))
+FUZZ_OBJ := $(LIB_SRC:src/%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer-no-link,address,undefined \
+  -fno-sanitize-recover=undefined $(LUA_CFLAGS) $(PG_CFLAGS) -Isrc
+
+.PHONY: reliability reliability-deps reliability-build fuzz fuzz-deps fuzz-build
+.SECONDARY: $(FUZZ_OBJ)
+
+reliability-deps:
+	@sh spec/reliability/deps.sh
+
+$(REL)/proxy: spec/reliability/proxy.c
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -g -std=c11 -Wall -Wextra -Werror -o $@ $<
+
+$(REL)/test_load: spec/reliability/test_load.c spec/c/tap.h $(BUILD)/libcaracal.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcaracal.a $(LUA_LIBS) $(LDLIBS)
+
+reliability-build: all $(REL)/proxy $(REL)/test_load
+	$(MAKE) --no-print-directory TSAN=1 SANITIZE= BUILD=$(TSAN_BUILD) $(TSAN_BUILD)/tests/test_pool \
+	  $(TSAN_BUILD)/reliability/test_load
+
+reliability: deps reliability-deps reliability-build
+	@$(MAKE) --no-print-directory fuzz-build || echo "reliability: the fuzz targets were not built (clang?): skipped"
+	@BUILD=$(BUILD) TSAN_BUILD=$(TSAN_BUILD) FUZZ_BUILD=$(FUZZ_BUILD) SANITIZE=$(SANITIZE) \
+	  FUZZ_SECONDS=$(RELIABILITY_FUZZ_SECONDS) bash spec/run.sh reliability
+
+fuzz-deps:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || sh spec/reliability/deps.sh clang
+
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DCARACAL_LUA_DIR='"$(abspath lua)"' \
+	  -DCARACAL_MIGRATIONS_DIR='"$(abspath migrations)"' -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/fuzz_common.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -DCARACAL_LUA_DIR='"$(abspath lua)"' -o $@ $< $(FUZZ_OBJ) \
+	  $(LUA_LIBS) $(LDLIBS)
+
+fuzz-build: fuzz-deps
+	@$(MAKE) --no-print-directory $(FUZZERS)
+
+fuzz: fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) bash spec/fuzz/run.sh
+
+# ---- scale: replicas and failover, PgBouncer, partitioned ledgers ------
+#   make scale   spec/scale (a few minutes): a primary and a pg_basebackup
+#                standby with failover under a writer, PgBouncer in
+#                transaction mode (installed when missing), and revision
+#                0003 on a million events.
+.PHONY: scale
+scale: deps all
+	@sh spec/scale/deps.sh
+	@BUILD=$(BUILD) bash spec/run.sh scale

@@ -148,6 +148,8 @@ for s in "${suites[@]}"; do
     unit|db|host) run_busted "$s" ;;
     # The long fault set (`make reliability`): spec/reliability/suite.sh.
     reliability) . spec/reliability/suite.sh ;;
+    # Replicas and failover, PgBouncer, a million-event partitioning (`make scale`).
+    scale) run_busted scale ;;
     *) echo "spec/run.sh: unknown suite $s" >&2; exit 2 ;;
   esac
 done

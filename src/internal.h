@@ -50,6 +50,9 @@ struct caracal_Conn {
   bool parked;
   bool invalid;          /* close instead of reusing */
   bool dirty;            /* session state changed: full reset on return */
+  bool pooled;           /* behind a transaction pooler (PgBouncer pool_mode =
+                            transaction): statements are prepared unnamed and
+                            nothing relies on session state (lconn.c) */
   char holder[160];
 };
 
@@ -85,6 +88,11 @@ Stmt *stmt_victim(caracal_Conn *c);
 Stmt *stmt_new(caracal_Conn *c, const char *sql);
 bool stmt_add(caracal_Conn *c, Stmt *s, const PGresult *desc);
 void stmt_discard(Stmt *s);
+/* On a pooled connection (conn->pooled) no statement is named: the cache
+ * only remembers what Describe said, stmt_new gives the name "" and
+ * stmt_get prepares and describes the unnamed statement in one pipeline
+ * (one Sync, so a transaction pooler cannot switch server connections in
+ * between); the statement is then run with PQsendQueryParams. */
 /* Forget one statement (the server rejected it as stale) or all of them
  * (the server dropped them: DISCARD ALL, DEALLOCATE ALL). */
 void stmt_forget(caracal_Conn *c, Stmt *s);

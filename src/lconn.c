@@ -15,6 +15,13 @@
  *
  * In a task in non-blocking mode (async.c), execute and exec_script yield
  * while the server works instead of blocking; see the state machine below.
+ *
+ * Behind a transaction pooler (conn:set_pooled(true), which caracal.db
+ * does when the configuration says pooler = "transaction"), nothing may
+ * rely on the server connection staying the same between transactions:
+ * statements are prepared unnamed (Prepare and Describe in one pipeline,
+ * then Parse/Bind/Execute in one round trip with the described types) and
+ * no statement marks the connection for a session reset.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -134,6 +141,14 @@ static bool contains_ci(const char *s, const char *needle) {
  * return; DDL makes cached statement descriptions suspect.
  */
 static void note_effects(LConn *c, const char *tag, const char *sql) {
+  /* Pooled: the session is the pooler's; a reset would run on whichever
+   * server connection it picks (and caracal.db refuses session state). */
+  if (c->conn->pooled) {
+    if (word_is(tag, "ALTER") || word_is(tag, "DROP") || word_is(tag, "CREATE") ||
+        word_is(tag, "COMMENT") || word_is(tag, "TRUNCATE"))
+      c->stmts_stale = true;
+    return;
+  }
   if (word_is(tag, "SET") || word_is(tag, "RESET") || word_is(tag, "LISTEN") ||
       word_is(tag, "PREPARE") || word_is(tag, "DECLARE") || word_is(tag, "LOAD") ||
       (word_is(tag, "CREATE") && contains_ci(sql, "temp")) ||
@@ -185,6 +200,11 @@ static void push_outcome(lua_State *L, PGresult *r, bool binary) {
  *   PREPARE (PQsendPrepare) -> DESCRIBE (PQsendDescribePrepared) -> BIND
  *   BIND (PQsendQueryPrepared) -> done; a stale plan re-prepares once
  *
+ * Pooled, nothing is deallocated on the server (the cache is forgotten
+ * locally), PREPARE sends Prepare and Describe of the unnamed statement
+ * in one pipeline (PIPELINED reads both and the Sync), and BIND is
+ * PQsendQueryParams with the described parameter types.
+ *
  * exec_script is one step: PQsendQuery of the whole text.
  * The machine's state is a userdata kept on the stack above the
  * arguments (the stack survives a yield); its __gc frees results and a
@@ -193,8 +213,8 @@ static void push_outcome(lua_State *L, PGresult *r, bool binary) {
 #define EXEC_MT "caracal.Exec"
 
 enum {
-  X_BEGIN, X_DEALLOCATED, X_LOOKUP, X_EVICTED, X_PREPARE, X_PREPARED, X_DESCRIBED, X_BIND,
-  X_EXECUTED, X_SCRIPT, X_SCRIPTED
+  X_BEGIN, X_DEALLOCATED, X_LOOKUP, X_EVICTED, X_PREPARE, X_PREPARED, X_DESCRIBED, X_PIPELINED,
+  X_BIND, X_EXECUTED, X_SCRIPT, X_SCRIPTED
 };
 
 typedef struct Exec {
@@ -203,6 +223,7 @@ typedef struct Exec {
   bool async;      /* yield instead of blocking */
   bool empty;      /* an empty query was among the results */
   bool binary;     /* results requested in binary */
+  bool pipeline;   /* in libpq's pipeline mode: read up to the Sync */
   int attempt;
   Stmt *st;        /* the cached statement being run */
   Stmt *fresh;     /* being prepared: not in the cache yet, ours to free */
@@ -228,7 +249,8 @@ static int exec_gc(lua_State *L) {
   return 0;
 }
 
-/* Read the results of the command sent last until libpq has none left:
+/* Read the results of the command sent last until libpq has none left
+ * (in pipeline mode: up to the Sync's answer, then leave the mode):
  * the last success is kept (note_effects on each when they are the
  * user's statements), and the first failure. Returns false only in async
  * mode, when reading on would block: the caller yields and calls again. */
@@ -241,8 +263,20 @@ static bool collect(LConn *c, Exec *e, const char *sql, bool user) {
       if (PQconsumeInput(pg) && PQisBusy(pg)) return false;
     }
     PGresult *r = PQgetResult(pg);
-    if (!r) break;
+    if (!r) {
+      /* In a pipeline, the end of one command's results: the next one's
+       * (or the Sync's answer) follows. */
+      if (e->pipeline && PQstatus(pg) == CONNECTION_OK) continue;
+      break;
+    }
+    if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      break;
+    }
     switch (PQresultStatus(r)) {
+      case PGRES_PIPELINE_ABORTED: /* not run: an earlier command failed */
+        PQclear(r);
+        break;
       case PGRES_TUPLES_OK:
       case PGRES_COMMAND_OK:
         if (user) note_effects(c, PQcmdStatus(r), sql);
@@ -281,6 +315,10 @@ static bool collect(LConn *c, Exec *e, const char *sql, bool user) {
         }
         break;
     }
+  }
+  if (e->pipeline) {
+    PQexitPipelineMode(pg);
+    e->pipeline = false;
   }
   e->sent = false;
   return true;
@@ -322,6 +360,10 @@ static int exec_run(lua_State *L, int esi) {
       case X_BEGIN:
         if (!c->stmts_stale) {
           e->step = X_LOOKUP;
+        } else if (conn->pooled) { /* nothing named on the server */
+          stmt_forget_all(conn);
+          c->stmts_stale = false;
+          e->step = X_LOOKUP;
         } else if (!exec_sent(e, PQsendQuery(pg, "DEALLOCATE ALL"), X_DEALLOCATED)) {
           return exec_raise(L, c, e, sql);
         }
@@ -335,6 +377,10 @@ static int exec_run(lua_State *L, int esi) {
       case X_LOOKUP:
         if ((e->st = stmt_find(conn, sql)) != NULL) {
           e->step = X_BIND;
+        } else if (conn->pooled) {
+          Stmt *old = stmt_victim(conn);
+          if (old) stmt_forget(conn, old);
+          e->step = X_PREPARE;
         } else if ((e->victim = stmt_victim(conn)) != NULL) {
           char dealloc[48];
           snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", e->victim->name);
@@ -351,6 +397,18 @@ static int exec_run(lua_State *L, int esi) {
         break;
       case X_PREPARE:
         if (!(e->fresh = stmt_new(conn, sql))) return luaL_error(L, "out of memory preparing a statement");
+        if (conn->pooled) {
+          /* One Sync for both, so they reach the same server connection. */
+          if (!PQenterPipelineMode(pg)) return exec_raise(L, c, e, sql);
+          e->pipeline = true;
+          int ok = PQsendPrepare(pg, "", sql, 0, NULL) && PQsendDescribePrepared(pg, "") && PQpipelineSync(pg);
+          if (!exec_sent(e, ok, X_PIPELINED)) {
+            PQexitPipelineMode(pg);
+            e->pipeline = false;
+            return exec_raise(L, c, e, sql);
+          }
+          break;
+        }
         if (!exec_sent(e, PQsendPrepare(pg, e->fresh->name, sql, 0, NULL), X_PREPARED))
           return exec_raise(L, c, e, sql);
         break;
@@ -360,8 +418,9 @@ static int exec_run(lua_State *L, int esi) {
         if (!exec_sent(e, PQsendDescribePrepared(pg, e->fresh->name), X_DESCRIBED))
           return exec_raise(L, c, e, sql);
         break;
+      case X_PIPELINED: /* Prepare's and Describe's results were read: the last is Describe's */
       case X_DESCRIBED:
-        if (e->error || !e->last) return exec_raise(L, c, e, sql);
+        if (e->error || !e->last || PQstatus(pg) != CONNECTION_OK) return exec_raise(L, c, e, sql);
         if (!stmt_add(conn, e->fresh, e->last)) {
           exec_clear(e);
           return luaL_error(L, "out of memory preparing a statement");
@@ -382,7 +441,9 @@ static int exec_run(lua_State *L, int esi) {
         e->binary = st->binary;
         /* libpq copies the values into its output buffer: their storage
          * on the stack can go before the results come. */
-        int ok = PQsendQueryPrepared(pg, st->name, n, p.values, p.lengths, p.formats, e->binary ? 1 : 0);
+        int ok = conn->pooled
+          ? PQsendQueryParams(pg, sql, n, st->param_types, p.values, p.lengths, p.formats, e->binary ? 1 : 0)
+          : PQsendQueryPrepared(pg, st->name, n, p.values, p.lengths, p.formats, e->binary ? 1 : 0);
         lua_settop(L, esi);
         if (!exec_sent(e, ok, X_EXECUTED)) return exec_raise(L, c, e, sql);
         break;
@@ -575,6 +636,26 @@ static int conn_mark_dirty(lua_State *L) {
   return 0;
 }
 
+/* conn:set_pooled(on): this connection goes through a transaction pooler
+ * (see the top of this file). It stays so for the life of the server
+ * connection; a change forgets the statements prepared the other way. */
+static int conn_set_pooled(lua_State *L) {
+  LConn *c = check_conn(L, 1);
+  luaL_checkany(L, 2);
+  bool on = lua_toboolean(L, 2);
+  if (c->conn->pooled != on) {
+    stmt_forget_all(c->conn);
+    c->conn->pooled = on;
+  }
+  return 0;
+}
+
+/* conn:is_pooled() -> boolean */
+static int conn_is_pooled(lua_State *L) {
+  lua_pushboolean(L, check_conn(L, 1)->conn->pooled);
+  return 1;
+}
+
 /* conn:release(): back to the pool now (reset first). Idempotent. */
 static int conn_release(lua_State *L) {
   LConn *c = luaL_checkudata(L, 1, CARACAL_CONN_MT);
@@ -622,6 +703,8 @@ static const luaL_Reg conn_methods[] = {
   {"notices", conn_notices},
   {"invalidate", conn_invalidate},
   {"mark_dirty", conn_mark_dirty},
+  {"set_pooled", conn_set_pooled},
+  {"is_pooled", conn_is_pooled},
   {"release", conn_release},
   {"released", conn_released},
   {NULL, NULL}

@@ -112,38 +112,47 @@ static bool push_param(lua_State *L, int idx, int i, Oid type, int *format) {
   return false;
 }
 
+/* Each element is made into one string on top of the stack and handed
+ * to the buffer with luaL_addvalue: between buffer operations the stack
+ * must be back at the buffer's level (a buffer that grows moves its box),
+ * so nothing else may stay above it while characters are added. */
 static void push_array_literal(lua_State *L, int idx, int i) {
   idx = lua_absindex(L, idx);
   luaL_Buffer b;
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-  luaL_checkstack(L, 4, "array parameter");
+  luaL_checkstack(L, 6, "array parameter");
   luaL_buffinit(L, &b);
   luaL_addchar(&b, '{');
   for (lua_Integer k = 1; k <= n; k++) {
     if (k > 1) luaL_addchar(&b, ',');
-    lua_rawgeti(L, idx, k);
+    lua_rawgeti(L, idx, k);                 /* elem */
     int fmt;
     int top = lua_gettop(L);
     if (lua_istable(L, -1)) {
-      push_array_literal(L, -1, i);
+      push_array_literal(L, -1, i);         /* elem literal */
+      lua_remove(L, -2);
       luaL_addvalue(&b);
-      lua_pop(L, 1);
       continue;
     }
     if (!push_param(L, top, i, 0, &fmt)) {
-      luaL_addstring(&b, "NULL");
       lua_pop(L, 1);
+      luaL_addstring(&b, "NULL");
       continue;
     }
-    size_t len;
+    size_t len;                             /* elem text */
     const char *s = lua_tolstring(L, -1, &len);
-    luaL_addchar(&b, '"');
+    luaL_Buffer e;
+    luaL_buffinit(L, &e);
+    luaL_addchar(&e, '"');
     for (size_t j = 0; j < len; j++) {
-      if (s[j] == '"' || s[j] == '\\') luaL_addchar(&b, '\\');
-      luaL_addchar(&b, s[j]);
+      if (s[j] == '"' || s[j] == '\\') luaL_addchar(&e, '\\');
+      luaL_addchar(&e, s[j]);
     }
-    luaL_addchar(&b, '"');
-    lua_pop(L, 2);
+    luaL_addchar(&e, '"');
+    luaL_pushresult(&e);                    /* elem text quoted */
+    lua_replace(L, -3);                     /* quoted text */
+    lua_pop(L, 1);                          /* quoted */
+    luaL_addvalue(&b);
   }
   luaL_addchar(&b, '}');
   luaL_pushresult(&b);

@@ -10,6 +10,13 @@
  * the least recently used statement is deallocated on the server when the
  * bound is reached. It lives and dies with its PGconn: a replaced
  * connection starts empty.
+ *
+ * Behind a transaction pooler (conn->pooled) a named statement prepared
+ * on one server connection is gone at the next transaction, which may run
+ * on another (PgBouncer before 1.21 does not track them). There nothing is
+ * named: the cache keeps only what Describe said (parameter types, binary
+ * results), and each run sends Parse/Bind/Execute of the unnamed statement
+ * with those types in one round trip (PQsendQueryParams, lconn.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,8 +142,9 @@ Stmt *stmt_new(caracal_Conn *conn, const char *sql) {
   s->hash = hash_sql(sql);
   /* Numbered per connection, never per cache: a forgotten cache (after a
    * DEALLOCATE ALL that may have failed) must not reuse a name the server
-   * might still hold. */
-  snprintf(s->name, sizeof s->name, "caracal_%lu", ++conn->stmt_seq);
+   * might still hold. Pooled: the unnamed statement. */
+  if (conn->pooled) s->name[0] = '\0';
+  else snprintf(s->name, sizeof s->name, "caracal_%lu", ++conn->stmt_seq);
   return s;
 }
 
@@ -154,11 +162,61 @@ void stmt_discard(Stmt *s) {
   if (s) stmt_free(s);
 }
 
+/* Pooled: Prepare and Describe the unnamed statement in one pipeline, so
+ * both reach the same server connection. Returns Describe's result, or
+ * NULL with *failed holding the server's error (NULL: connection lost). */
+static PGresult *describe_unnamed(PGconn *pg, const char *sql, PGresult **failed) {
+  PGresult *desc = NULL;
+  *failed = NULL;
+  if (!PQenterPipelineMode(pg)) return NULL;
+  if (PQsendPrepare(pg, "", sql, 0, NULL) && PQsendDescribePrepared(pg, "") && PQpipelineSync(pg)) {
+    for (;;) {
+      PGresult *r = PQgetResult(pg);
+      if (!r) {
+        if (PQstatus(pg) != CONNECTION_OK) break;
+        continue; /* the end of one command's results: the next follows */
+      }
+      ExecStatusType st = PQresultStatus(r);
+      if (st == PGRES_PIPELINE_SYNC) {
+        PQclear(r);
+        break;
+      }
+      if (st == PGRES_COMMAND_OK) { /* Prepare's, then Describe's: keep the last */
+        PQclear(desc);
+        desc = r;
+      } else if (st == PGRES_PIPELINE_ABORTED || *failed) {
+        PQclear(r);
+      } else {
+        *failed = r;
+      }
+    }
+  }
+  PQexitPipelineMode(pg);
+  if (*failed || PQstatus(pg) != CONNECTION_OK) {
+    PQclear(desc);
+    return NULL;
+  }
+  return desc;
+}
+
 /* The blocking path, built from the same steps as lconn.c's state machine. */
 Stmt *stmt_get(caracal_Conn *conn, const char *sql, PGresult **failed) {
   *failed = NULL;
   Stmt *s = stmt_find(conn, sql);
   if (s) return s;
+  if (conn->pooled) {
+    Stmt *old = stmt_victim(conn);
+    if (old) stmt_forget(conn, old); /* nothing to deallocate on the server */
+    if (!(s = stmt_new(conn, sql))) return NULL;
+    PGresult *d = describe_unnamed(conn->pg, sql, failed);
+    if (!d || !stmt_add(conn, s, d)) {
+      if (d) *failed = d; /* out of memory: as below */
+      stmt_free(s);
+      return NULL;
+    }
+    PQclear(d);
+    return s;
+  }
   Stmt *old = stmt_victim(conn);
   if (old) {
     char dealloc[48];

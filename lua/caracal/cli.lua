@@ -23,6 +23,10 @@ Options:
   --config FILE        a Lua config file returning DatabaseConfig settings
   --single-transaction run all scripts in one transaction (with `run`)
   --read-only          REPL and scripts use read-only transactions
+  --sandbox            run scripts in the sandbox: database and caracal API
+                       only (no io, os.execute, require, ...), text chunks
+                       only, an instruction budget (caracal.sandbox)
+  --budget N           the sandbox's instruction budget (default 100000000)
   --yes, -y            do not ask before destructive commands
   --help               this help
   --version            print the version
@@ -42,6 +46,7 @@ Admin tasks (each has --help):
   snapshot create|list|show|prune
   mandate issue|validate|revoke|list|show
   merkle batch|proof|verify|backfill
+  partition create|list        the ledgers' monthly partitions
 
 Without --url, CARACAL_DATABASE_URL or a config file, Caracal starts and
 uses a local cluster in ./.caracal (created on first use).
@@ -71,6 +76,13 @@ local function parse(argv)
     elseif a:match("^%-%-config=") then opts.config = a:sub(10); i = i + 1
     elseif a == "--single-transaction" then opts.single = true; i = i + 1
     elseif a == "--read-only" then opts.read_only = true; i = i + 1
+    elseif a == "--sandbox" then opts.sandbox = true; i = i + 1
+    elseif a == "--budget" or a:match("^%-%-budget=") then
+      local v = a == "--budget" and argv[i + 1] or a:sub(10)
+      local n = math.tointeger(tonumber(v or ""))
+      if not n or n < 1 then return nil, "option --budget needs a number of instructions >= 1" end
+      opts.sandbox, opts.budget = true, n
+      i = i + (a == "--budget" and 2 or 1)
     elseif a == "--yes" or a == "-y" then opts.yes = true; i = i + 1
     elseif a == "--help" or a == "-h" then opts.help = true; i = i + 1
     elseif a == "--version" or a == "-v" then opts.version = true; i = i + 1
@@ -137,7 +149,17 @@ local function read_file(path)
 end
 
 local function run_chunks(opts, chunks, args)
+  if opts.sandbox then
+    local ok, err = require("caracal.sandbox").run_chunks(chunks, args, {
+      manager = function() return M.manager(opts) end, single = opts.single, budget = opts.budget })
+    if not ok then
+      stderr("%s\n", M.format_error(err))
+      return 1
+    end
+    return 0
+  end
   local env = script_env(opts, args)
+  _G.arg = args -- modules read the global, as under lua.c
   local fns = {}
   for i, c in ipairs(chunks) do
     local fn, err = load_chunk(c.src, c.name, env)
@@ -282,7 +304,7 @@ function commands.db(opts, args)
 end
 
 -- Admin tasks: lua/caracal/tasks/NAME.lua, each `main(argv, ctx)`.
-M.tasks = { "principal", "policy", "ledger", "snapshot", "mandate", "merkle" }
+M.tasks = { "principal", "policy", "ledger", "snapshot", "mandate", "merkle", "partition" }
 for _, name in ipairs(M.tasks) do
   commands[name] = function(opts, args)
     local ok, mod = pcall(require, "caracal.tasks." .. name)
@@ -296,7 +318,7 @@ end
 
 function commands.run(opts, args)
   if args[1] == "--help" then
-    io.write("Usage: caracal run [--single-transaction] FILE... [-- ARGS...]\n" ..
+    io.write("Usage: caracal run [--single-transaction] [--sandbox] FILE... [-- ARGS...]\n" ..
              "Runs the scripts in order, each with `arg` set to ARGS.\n")
     return 0
   end
@@ -305,6 +327,7 @@ function commands.run(opts, args)
     if after then sargs[#sargs + 1] = a
     elseif a == "--" then after = true
     elseif a == "--single-transaction" then opts.single = true
+    elseif a == "--sandbox" then opts.sandbox = true
     else files[#files + 1] = a end
   end
   if #files == 0 then
@@ -344,7 +367,10 @@ function M.main(argv)
     return run_chunks(opts, chunks, rest)
   end
   if cmd == "-" or (not cmd) then
-    if not cmd and M.isatty and M.isatty() and M.repl then return M.repl(opts) end
+    if not cmd and M.isatty and M.isatty() and M.repl then
+      if opts.sandbox then stderr("caracal: --sandbox runs scripts; the REPL is not sandboxed\n") return 2 end
+      return M.repl(opts)
+    end
     local src = io.read("a") or ""
     return run_chunks(opts, { { src = src, name = "=stdin" } }, { table.unpack(rest, 2) })
   end
@@ -353,7 +379,10 @@ function M.main(argv)
     stderr("caracal: cannot open %s\n", err)
     return 1
   end
-  return run_chunks(opts, { { src = src, name = "@" .. cmd } }, { table.unpack(rest, 2) })
+  -- As lua.c does: arg[0] is the script, arg[1..] its arguments.
+  local args = { table.unpack(rest, 2) }
+  args[0] = cmd
+  return run_chunks(opts, { { src = src, name = "@" .. cmd } }, args)
 end
 
 return M

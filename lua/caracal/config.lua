@@ -115,6 +115,41 @@ local function one_of(set, what)
   end
 end
 
+-- Take Caracal's own query parameter `pooler` out of a URL (libpq does
+-- not know it): the URL without it, and its value or nil.
+local function strip_pooler(url)
+  local base, query = url:match("^([^?#]*)%?([^#]*)")
+  if not base then return url, nil end
+  local kept, pooler = {}, nil
+  for part in query:gmatch("[^&]+") do
+    local v = part:match("^pooler=(.*)$")
+    if v then pooler = v else kept[#kept + 1] = part end
+  end
+  if not pooler then return url, nil end
+  return base .. (#kept > 0 and ("?" .. table.concat(kept, "&")) or ""), pooler
+end
+
+local function parse_url(url)
+  return core.parse_url((strip_pooler(url)))
+end
+
+-- One URL, or a list of URLs (each may list several hosts).
+local function url_list(key, v)
+  local list = type(v) == "string" and { v } or v
+  if type(list) ~= "table" or #list == 0 then
+    fail("%s must be a URL or a non-empty list of URLs, got %s", key, type(v))
+  end
+  for i, u in ipairs(list) do
+    if type(u) ~= "string" then fail("%s[%d] must be a URL string, got %s", key, i, type(u)) end
+    local ok, err = parse_url(u)
+    if not ok then fail("%s[%d]: %s", key, i, err) end
+  end
+  for k in pairs(list) do
+    if math.type(k) ~= "integer" then fail("%s must be a list of URLs", key) end
+  end
+  return list
+end
+
 local function libpq_options(key, v)
   if type(v) ~= "table" then fail("%s must be a table of libpq keywords, got %s", key, type(v)) end
   for k, val in pairs(v) do
@@ -143,13 +178,14 @@ local FIELDS = {
   idle_in_transaction_session_timeout = integer(0, 2147483647),
   options = text(), libpq = libpq_options, pooler = one_of({ none = true, transaction = true,
     session = true }, "'none', 'session', 'transaction'"),
+  replicas = url_list, read_url = text(),
 }
 
 -- URL query parameters that are fields here (the rest go to libpq as is).
 local URL_FIELDS = { sslmode = true, application_name = true, connect_timeout = "integer",
   keepalives = "bool01", keepalives_idle = "integer", keepalives_interval = "integer",
   keepalives_count = "integer", tcp_user_timeout = "integer", target_session_attrs = true,
-  sslrootcert = true, sslcert = true, sslkey = true, options = true }
+  sslrootcert = true, sslcert = true, sslkey = true, options = true, pooler = true }
 
 local function distance(a, b)
   local prev = {}
@@ -177,8 +213,10 @@ end
 
 -- Parse a URL into fields and extra libpq keywords.
 local function from_url(url)
-  local params, err = core.parse_url(url)
+  local stripped, pooler = strip_pooler(url)
+  local params, err = core.parse_url(stripped)
   if not params then fail("%s", err) end
+  if pooler then params.pooler = pooler end
   local fields, extra = {}, {}
   for k, v in pairs(params) do
     if k == "host" or k == "user" or k == "password" then fields[k] = v
@@ -236,7 +274,56 @@ function M.DatabaseConfig(t)
     end
   end
   if cfg.max_overflow == -1 then cfg.max_overflow = -1 end -- -1: no limit (documented)
+  if cfg.pooler == "transaction" then
+    if cfg.options or cfg.libpq.options then
+      fail("options cannot pass a transaction pooler (PgBouncer refuses the startup parameter, or ignores it " ..
+           "when told to): with pooler = 'transaction', set statement_timeout, lock_timeout and " ..
+           "idle_in_transaction_session_timeout here (they are applied with SET LOCAL in each transaction)")
+    end
+    if cfg.reset_on_return == "always" then
+      fail("reset_on_return = 'always' resets the session, which a transaction pooler does not keep: use " ..
+           "'auto' (a returned connection is rolled back when needed) with pooler = 'transaction'")
+    end
+  end
+  if cfg.read_url then
+    local ok, err = parse_url(cfg.read_url)
+    if not ok then fail("read_url: %s", err) end
+  end
   return cfg
+end
+
+--- Is this configuration's pooler a transaction pooler (PgBouncer with
+-- pool_mode = transaction)? Then nothing may rely on session state.
+function Config:transaction_pooler()
+  return self.pooler == "transaction"
+end
+
+-- What decoding and the configured timeouts need, as `name=value` pairs
+-- (the server settings of `options`, or of SET LOCAL behind a pooler).
+function Config:server_settings()
+  local list = { { "DateStyle", "ISO, YMD" }, { "TimeZone", "UTC" }, { "IntervalStyle", "postgres" },
+                 { "extra_float_digits", "3" } }
+  if self.statement_timeout then list[#list + 1] = { "statement_timeout", tostring(self.statement_timeout) } end
+  if self.lock_timeout then list[#list + 1] = { "lock_timeout", tostring(self.lock_timeout) } end
+  if self.idle_in_transaction_session_timeout then
+    list[#list + 1] = { "idle_in_transaction_session_timeout", tostring(self.idle_in_transaction_session_timeout) }
+  end
+  return list
+end
+
+--- The statements that open a transaction: `BEGIN` (or `BEGIN READ
+-- ONLY`), and behind a transaction pooler, where connection options
+-- cannot be sent, the server settings as SET LOCAL in the same round trip.
+-- @tparam boolean readonly
+-- @treturn string
+function Config:begin_sql(readonly)
+  local sql = readonly and "BEGIN READ ONLY" or "BEGIN"
+  if not self:transaction_pooler() then return sql end
+  local parts = { sql }
+  for _, kv in ipairs(self:server_settings()) do
+    parts[#parts + 1] = string.format("SET LOCAL %s = '%s'", kv[1], kv[2])
+  end
+  return table.concat(parts, "; ")
 end
 
 --- libpq connection keywords for this configuration (password included;
@@ -254,6 +341,12 @@ function Config:conninfo()
   ci.sslrootcert, ci.sslcert, ci.sslkey = self.sslrootcert, self.sslcert, self.sslkey
   ci.connect_timeout = self.connect_timeout and tostring(self.connect_timeout) or nil
   ci.target_session_attrs = self.target_session_attrs
+  -- Several hosts: writes need the primary, so after a failover libpq
+  -- skips the old primary and the standbys and finds the new one.
+  if not ci.target_session_attrs and not self.libpq.target_session_attrs and
+     type(self.host) == "string" and self.host:find(",", 1, true) then
+    ci.target_session_attrs = "read-write"
+  end
   if self.keepalives ~= nil then ci.keepalives = self.keepalives and "1" or "0" end
   ci.keepalives_idle = self.keepalives_idle and tostring(self.keepalives_idle)
   ci.keepalives_interval = self.keepalives_interval and tostring(self.keepalives_interval)
@@ -261,16 +354,86 @@ function Config:conninfo()
   ci.tcp_user_timeout = self.tcp_user_timeout and tostring(self.tcp_user_timeout)
   -- Pin what decoding relies on, as the session's defaults (so RESET ALL
   -- at check-in restores them): ISO dates, UTC for naive timestamps.
-  local opts = { "-c DateStyle=ISO,YMD", "-c TimeZone=UTC", "-c IntervalStyle=postgres",
-                 "-c extra_float_digits=3" }
-  if self.statement_timeout then opts[#opts + 1] = "-c statement_timeout=" .. self.statement_timeout end
-  if self.lock_timeout then opts[#opts + 1] = "-c lock_timeout=" .. self.lock_timeout end
-  if self.idle_in_transaction_session_timeout then
-    opts[#opts + 1] = "-c idle_in_transaction_session_timeout=" .. self.idle_in_transaction_session_timeout
+  -- A transaction pooler refuses the options startup parameter: there
+  -- each transaction sets them (begin_sql).
+  if self:transaction_pooler() then return ci end
+  local opts = {}
+  for _, kv in ipairs(self:server_settings()) do
+    opts[#opts + 1] = "-c " .. kv[1] .. "=" .. kv[2]:gsub(", ", ",")
   end
   if self.options then opts[#opts + 1] = self.options end
   ci.options = table.concat(opts, " ")
   return ci
+end
+
+-- The hosts and ports of a parsed URL, as lists.
+local function hosts_of(fields)
+  local hs, ps = {}, {}
+  for h in ((fields.host or "") .. ","):gmatch("([^,]*),") do hs[#hs + 1] = h end
+  local port = fields.port and tostring(fields.port) or ""
+  for p in (port .. ","):gmatch("([^,]*),") do ps[#ps + 1] = p end
+  local single = (#ps == 1 and ps[1] ~= "") and ps[1] or nil -- one port for every host, as libpq reads it
+  for i = 1, #hs do
+    if ps[i] == nil or ps[i] == "" then ps[i] = single or "" end
+  end
+  return hs, ps
+end
+
+--- The configuration of the pool for read-only work, or nil when no
+-- replica is configured. `read_url` is used as it is (fields it leaves
+-- out come from this configuration); `replicas` become one multi-host
+-- connection: the replicas first, then this configuration's own hosts
+-- as the last resort, with target_session_attrs=prefer-standby, so reads
+-- go to a standby while one answers and to the primary otherwise.
+-- @treturn DatabaseConfig|nil
+function Config:read_config()
+  if not self.replicas and not self.read_url then return nil end
+  local t = { libpq = {} }
+  for k in pairs(FIELDS) do
+    if self.explicit[k] and k ~= "url" and k ~= "libpq" and k ~= "replicas" and k ~= "read_url" then
+      t[k] = self[k]
+    end
+  end
+  for k, v in pairs(self.libpq) do t.libpq[k] = v end
+  t.target_session_attrs, t.libpq.target_session_attrs = nil, nil
+  if self.read_url then
+    local fields, extra = from_url(self.read_url)
+    for k, v in pairs(fields) do t[k] = v end
+    for k, v in pairs(extra) do t.libpq[k] = v end
+    t.target_session_attrs = t.target_session_attrs or "prefer-standby"
+    return M.DatabaseConfig(t)
+  end
+  local hosts, ports = {}, {}
+  local shared = {}
+  for i, u in ipairs(self.replicas) do
+    local fields, extra = from_url(u)
+    local hs, ps = hosts_of(fields)
+    for j, h in ipairs(hs) do
+      hosts[#hosts + 1] = h
+      ports[#ports + 1] = ps[j] -- "" is libpq's default port
+    end
+    -- One connection string: the replicas share a database, a user and a password.
+    for _, k in ipairs({ "database", "user", "password" }) do
+      if fields[k] ~= nil then
+        if shared[k] ~= nil and shared[k] ~= fields[k] then
+          fail("replicas[%d] names another %s than replicas[1]: list replicas of one database with the same " ..
+               "credentials, or give read_url", i, k)
+        end
+        shared[k] = fields[k]
+      end
+    end
+    for k, v in pairs(extra) do t.libpq[k] = v end
+  end
+  for k, v in pairs(shared) do t[k] = v end
+  local hs, ps = hosts_of({ host = self.host, port = self.port })
+  for j, h in ipairs(hs) do
+    hosts[#hosts + 1] = h
+    ports[#ports + 1] = ps[j]
+  end
+  t.host = table.concat(hosts, ",")
+  t.port = table.concat(ports, ",")
+  t.target_session_attrs = "prefer-standby"
+  return M.DatabaseConfig(t)
 end
 
 --- Settings for `core.Pool`.
@@ -313,7 +476,7 @@ function Config:masked_url()
   elseif self.port then
     query[#query + 1] = "port=" .. tostring(self.port)
   end
-  for _, k in ipairs({ "sslmode", "target_session_attrs" }) do
+  for _, k in ipairs({ "sslmode", "target_session_attrs", "pooler" }) do
     if self[k] then query[#query + 1] = k .. "=" .. encode(self[k]) end
   end
   local url = "postgresql://" .. (userinfo ~= "" and (userinfo .. "@") or "") .. hostport ..
@@ -324,7 +487,13 @@ end
 
 function Config:__tostring()
   local overflow = self.max_overflow == -1 and "unlimited" or tostring(self.max_overflow)
-  return string.format("DatabaseConfig(%s, pool %d+%s)", self:masked_url(), self.pool_size, overflow)
+  local replicas = ""
+  if self.replicas then
+    replicas = string.format(", %d replica URL%s", #self.replicas, #self.replicas == 1 and "" or "s")
+  elseif self.read_url then
+    replicas = ", read_url"
+  end
+  return string.format("DatabaseConfig(%s, pool %d+%s%s)", self:masked_url(), self.pool_size, overflow, replicas)
 end
 
 --- Load a configuration file: a Lua file returning a table of settings.

@@ -16,6 +16,12 @@
 -- the server answers with ROLLBACK (the transaction had failed) is an
 -- error, never a success; a connection lost during COMMIT is reported
 -- with `outcome = "unknown"`.
+--
+-- Scaling (README "Scaling"): with `replicas` or `read_url` in the
+-- configuration, read-only sessions (`session{readonly = true}`, `caracal
+-- --read-only`) use a second pool on the standbys; everything else, and
+-- `replica = false`, uses the primary's. With `pooler = "transaction"`
+-- (PgBouncer), nothing relies on session state (caracal.pooler).
 -- @module caracal.db
 local core = require "caracal.core"
 local config = require "caracal.config"
@@ -70,6 +76,7 @@ local function new_session(manager, opts)
   return setmetatable({
     manager = manager, conn = nil, depth = 0, lost = false, closed = false,
     holder = opts and opts.holder, readonly = readonly,
+    replica = not (opts and opts.replica == false),
     pending = {},
   }, Session)
 end
@@ -78,16 +85,36 @@ local function check_open(self)
   if self.closed then error("attempt to use a closed session", 3) end
 end
 
--- The session's connection, checked out on first use.
+-- A connection refused by a pooler for its startup parameters: say what to do.
+local function pooler_hint(err)
+  if core.is_error(err) and not err.hint and tostring(err.message):find("unsupported startup parameter", 1, true) then
+    err.hint = "a connection pooler refused Caracal's connection options: behind PgBouncer in transaction " ..
+               "mode, set pooler = 'transaction' (or add ?pooler=transaction to the URL)"
+  end
+  return err
+end
+
+-- The session's connection, checked out on first use: from the replicas'
+-- pool for a read-only session when there is one, else the primary's.
 function Session:connection()
   check_open(self)
   if not self.conn then
-    local ok, conn = pcall(self.manager.pool.checkout, self.manager.pool,
-                           self.holder or user_where(2) or "?")
-    if not ok then error(locate(conn), 0) end
+    local manager = self.manager
+    local pool = (self.readonly and self.replica and manager.read_pool) or manager.pool
+    local ok, conn = pcall(pool.checkout, pool, self.holder or user_where(2) or "?")
+    if not ok then error(locate(pooler_hint(conn)), 0) end
+    if manager.pooled then conn:set_pooled(true) end
     self.conn = conn
   end
   return self.conn
+end
+
+-- Behind a transaction pooler, refuse what would need a session.
+local function check_pooler(self, sql)
+  if self.manager.pooled then
+    local ok, err = pcall(require("caracal.pooler").check, sql)
+    if not ok then error(locate(err), 0) end
+  end
 end
 
 local function echo(self, sql, n)
@@ -126,7 +153,9 @@ local function ensure_transaction(self)
                       "the server: roll back (a scope does this) before using the session again" }
   end
   if self.depth == 0 then
-    control(self, self.readonly and "BEGIN READ ONLY" or "BEGIN")
+    -- BEGIN (READ ONLY); behind a transaction pooler, with the server
+    -- settings as SET LOCAL in the same round trip.
+    control(self, self.readonly and self.manager.begin_ro or self.manager.begin_rw)
     self.depth = 1
   end
 end
@@ -142,6 +171,10 @@ end
 function Session:execute(sql, ...)
   check_open(self)
   if type(sql) ~= "string" then error("bad argument #1 to 'execute' (string expected, got " .. type(sql) .. ")", 2) end
+  -- The wire protocol counts parameters in 16 bits: refuse before anything is sent.
+  if select("#", ...) > 65535 then raise { kind = "too_many_parameters", message = string.format(
+    "too many parameters: %d (the protocol allows at most 65535); use COPY or several statements", select("#", ...)) } end
+  check_pooler(self, sql)
   if #self.pending > 0 and self.flush then self:flush() end
   ensure_transaction(self)
   echo(self, sql, select("#", ...))
@@ -166,6 +199,7 @@ end
 -- (DDL, scripts). Rows of the last statement are returned.
 function Session:execute_script(sql)
   check_open(self)
+  check_pooler(self, sql)
   ensure_transaction(self)
   echo(self, sql, 0)
   return on_conn(self, self.conn.exec_script, sql)
@@ -326,15 +360,19 @@ Manager.__name = "caracal.ConnectionManager"
 
 --- A new session (see `Session`). `opts.readonly` begins read-only
 -- transactions (the default is the manager's `readonly` field, which
--- `caracal --read-only` sets).
+-- `caracal --read-only` sets); they run on a replica when the
+-- configuration has `replicas` or `read_url`, unless `opts.replica` is
+-- false (for reads that must see the latest commits).
 function Manager:session(opts)
   if self.closed then error("the connection manager is closed", 2) end
   return new_session(self, opts)
 end
 
 --- Run fn(session) in a transaction on a fresh session; commit on success,
--- roll back and re-raise the original error on failure.
+-- roll back and re-raise the original error on failure. `opts.retries`
+-- (or `attempts`): retry serialization failures and deadlocks (caracal.retry).
 function Manager:session_scope(fn, opts)
+  if opts and (opts.retries or opts.attempts) then return require("caracal.retry").session_scope(self, fn, opts) end
   local s = self:session(opts)
   local res = table.pack(pcall(s.session_scope, s, fn))
   s:close()
@@ -348,27 +386,38 @@ function Manager:execute(sql, ...)
   return self:session_scope(function(s) return s:execute(sql, table.unpack(args, 1, args.n)) end)
 end
 
+-- The primary's pool, or with which = "read" the replicas' (nil when none).
+local function pool_of(self, which)
+  if which == "read" then return self.read_pool end
+  return self.pool
+end
+
 --- true when a connection can be had and answers; never raises.
-function Manager:health_check()
-  if self.closed then return false end
-  local ok, res = pcall(self.pool.health_check, self.pool)
+-- `which` = "read" checks the replicas' pool instead of the primary's.
+function Manager:health_check(which)
+  local pool = pool_of(self, which)
+  if self.closed or not pool then return false end
+  local ok, res = pcall(pool.health_check, pool)
   return ok and res or false
 end
 
 --- Pool counters: size, checked_in, checked_out, overflow, total (and
 -- connecting, waiting, connects, discards, timeouts, recycles).
 -- `overflow` is the number of connections open beyond pool_size now
--- (0..max_overflow), never negative.
-function Manager:get_pool_status()
-  return self.pool:status()
+-- (0..max_overflow), never negative. `which` = "read": the replicas'
+-- pool (nil when there is none).
+function Manager:get_pool_status(which)
+  local pool = pool_of(self, which)
+  return pool and pool:status() or nil
 end
 
---- Close the pool (idle connections now, in-use ones when returned).
+--- Close the pools (idle connections now, in-use ones when returned).
 -- Idempotent.
 function Manager:close()
   if self.closed then return end
   self.closed = true
   if self.owns_pool then self.pool:close() end
+  if self.read_pool then self.read_pool:close() end
 end
 
 function Manager:__tostring()
@@ -405,11 +454,18 @@ function M.create_connection_manager(cfg, opts)
   if cfg then
     manager.pool = core.Pool(cfg:pool_settings())
     manager.owns_pool = true
+    local rcfg = cfg:read_config()
+    if rcfg then
+      manager.read_config = rcfg
+      manager.read_pool = core.Pool(rcfg:pool_settings())
+    end
   else
     manager.pool = core.shared_pool
     manager.owns_pool = false
     manager.config = config.DatabaseConfig {}
   end
+  manager.pooled = manager.config:transaction_pooler()
+  manager.begin_rw, manager.begin_ro = manager.config:begin_sql(false), manager.config:begin_sql(true)
   return manager
 end
 

@@ -184,6 +184,8 @@ function Runner:apply(script, direction, index, total)
     }
     ok, failure = pcall(function()
       for _, s in ipairs(invoke.timeouts_sql(script, opts, true)) do session:execute_script(s) end
+      -- A lease (behind a transaction pooler) is renewed and held in the revision's own transaction.
+      if self.lock.guard then self.lock.guard(session) end
     end)
     if not ok then failure = invoke.failure_fields(script, fn, failure) end
     if ok then ok, failure = invoke.run(script, fn, op) end
@@ -432,7 +434,8 @@ end
 
 -- Read-only status through a short session.
 local function snapshot(manager, scripts, with_text)
-  local session = manager:session({ readonly = true, holder = "caracal.migrate status" })
+  -- On the primary even with replicas: a standby may not have the last revision yet.
+  local session = manager:session({ readonly = true, replica = false, holder = "caracal.migrate status" })
   local ok, st = pcall(status.read, session, scripts, { with_text = with_text })
   session:close()
   if not ok then error(st, 0) end

@@ -9,7 +9,7 @@ local testdb = require "testdb"
 
 local ROOT = os.getenv("CARACAL_ROOT") or "."
 local MIGRATIONS = ROOT .. "/migrations"
-local REV1, REV2 = "5f3c8a1e9b20", "a7d4e2c91f06"
+local REV1, REV2, REV3 = "5f3c8a1e9b20", "a7d4e2c91f06", "c3b8f1d27a94"
 
 ---------------------------------------------------------------------------
 -- Helpers: fresh databases, temp migration folders, subprocesses
@@ -182,13 +182,15 @@ describe("migration scripts", function()
     assert.are_not.equal(scripts.checksum(base), scripts.checksum("return {\n    x = 1,\n}\n"))
   end)
 
-  it("loads the project's two revisions as one chain", function()
+  it("loads the project's three revisions as one chain", function()
     local s = migrate.load({ dir = MIGRATIONS })
-    assert.equal(2, s:count())
+    assert.equal(3, s:count())
     assert.equal(REV1, s:at(1).revision)
     assert.equal(REV2, s:at(2).revision)
+    assert.equal(REV3, s:at(3).revision)
     assert.equal(REV1, s:at(2).down_revision)
-    assert.equal(REV2, s.head.revision)
+    assert.equal(REV2, s:at(3).down_revision)
+    assert.equal(REV3, s.head.revision)
     assert.same({ alembic = "h7i8j9k0l1m2", tables = s:at(1).adopt.tables }, s:at(1).adopt)
   end)
 
@@ -403,7 +405,7 @@ describe("migrate --sql", function()
       testdb.port, offline.name, q(file)))
     assert.equal(0, rc, out)
     assert.same(migrate.snapshot(online.manager), migrate.snapshot(offline.manager))
-    assert.same({ REV1, REV2 }, revs(history_rows(offline)))
+    assert.same({ REV1, REV2, REV3 }, revs(history_rows(offline)))
     assert.is_true(migrate.check(offline.manager, { dir = MIGRATIONS }))
     -- And back down, offline too.
     write(file, migrate.downgrade(nil, "head:base", { dir = MIGRATIONS, sql = true, destructive = true }))
@@ -421,9 +423,9 @@ describe("migrate (online)", function()
   it("upgrade head, downgrade base, upgrade head leaves an identical schema", function()
     local d = fresh("roundtrip")
     local res = migrate.upgrade(d.manager, "head", { dir = MIGRATIONS })
-    assert.equal(2, #res.applied)
+    assert.equal(3, #res.applied)
     assert.is_nil(res.from)
-    assert.equal(REV2, res.to)
+    assert.equal(REV3, res.to)
     local at_head = migrate.snapshot(d.manager)
     assert.is_true(#at_head > 100)
 
@@ -437,7 +439,7 @@ describe("migrate (online)", function()
     assert.same(at_one, migrate.snapshot(d.manager))
     migrate.upgrade(d.manager, "head", { dir = MIGRATIONS })
     assert.same(at_head, migrate.snapshot(d.manager))
-    assert.same({ REV1, REV2 }, revs(history_rows(d)))
+    assert.same({ REV1, REV2, REV3 }, revs(history_rows(d)))
     d.drop()
   end)
 
@@ -448,7 +450,7 @@ describe("migrate (online)", function()
     local s = migrate.load({ dir = MIGRATIONS })
     local rows = d.sql("select revision::text as revision, down_revision::text as down_revision, message, file, " ..
       "checksum, script, applied_at, applied_by, duration_ms, dirty from caracal_migrations order by applied_at")
-    assert.equal(2, #rows)
+    assert.equal(3, #rows)
     for i, r in ipairs(rows) do
       local sc = s:at(i)
       assert.equal(sc.revision, r.revision)
@@ -464,8 +466,8 @@ describe("migrate (online)", function()
       assert.is_false(r.dirty)
     end
     local info = migrate.current(d.manager, { dir = MIGRATIONS })
-    assert.equal(REV2, info.revision)
-    assert.equal(REV2, info.head)
+    assert.equal(REV3, info.revision)
+    assert.equal(REV3, info.head)
     assert.equal(0, info.pending)
     d.drop()
   end)
@@ -607,10 +609,10 @@ describe("migrate (online)", function()
     assert.is_true(migrate.check(d.manager, { dir = dir }))
 
     -- The newest applied script deleted: the database is ahead of the scripts.
-    os.remove(dir .. "/0002_a7d4e2c91f06_hardening.lua")
+    os.remove(dir .. "/0003_c3b8f1d27a94_partitioned_ledgers.lua")
     err = raises(migrate.upgrade, d.manager, "head", { dir = dir })
     assert.equal("schema_ahead", err.kind)
-    assert.matches("the database is at revision " .. REV2 .. ", newer than the newest script here", err.message, 1, true)
+    assert.matches("the database is at revision " .. REV3 .. ", newer than the newest script here", err.message, 1, true)
     d.drop()
   end)
 
@@ -624,9 +626,9 @@ describe("migrate (online)", function()
     assert.equal("destructive", err.kind)
     assert.equal("downgrade to base would drop data: principals (2 rows), ledger_events (2 rows); " ..
       "pass --destructive (destructive = true) to do it anyway", err.message)
-    assert.same({ REV1, REV2 }, revs(history_rows(d)))
+    assert.same({ REV1, REV2, REV3 }, revs(history_rows(d)))
     -- Down to revision 1 keeps every row.
-    migrate.downgrade(d.manager, "-1", { dir = MIGRATIONS })
+    migrate.downgrade(d.manager, REV1, { dir = MIGRATIONS })
     assert.equal(2, d.scalar("select count(*) from ledger_events"))
     local cancelled = migrate.downgrade(d.manager, "base", { dir = MIGRATIONS, destructive = true,
       confirm = function(from, to)
@@ -747,11 +749,11 @@ describe("check_schema_version_on_startup", function()
     local err = raises(migrate.check_schema_version_on_startup, d.manager, { dir = MIGRATIONS })
     assert.is_true(core.is_error(err))
     assert.equal("schema_outdated", err.kind)
-    assert.equal("Database schema is outdated! Current revision: none, Head revision: " .. REV2 ..
-      ", Pending migrations: 2, run 'caracal db upgrade head'", err.message)
-    migrate.upgrade(d.manager, REV1, { dir = MIGRATIONS })
+    assert.equal("Database schema is outdated! Current revision: none, Head revision: " .. REV3 ..
+      ", Pending migrations: 3, run 'caracal db upgrade head'", err.message)
+    migrate.upgrade(d.manager, REV2, { dir = MIGRATIONS })
     err = raises(migrate.check_schema_version_on_startup, d.manager, { dir = MIGRATIONS })
-    assert.equal("Database schema is outdated! Current revision: " .. REV1 .. ", Head revision: " .. REV2 ..
+    assert.equal("Database schema is outdated! Current revision: " .. REV2 .. ", Head revision: " .. REV3 ..
       ", Pending migrations: 1, run 'caracal db upgrade head'", err.message)
     assert.equal(1, err.pending)
     migrate.upgrade(d.manager, "head", { dir = MIGRATIONS })
@@ -762,13 +764,13 @@ describe("check_schema_version_on_startup", function()
   it("fails distinctly when the database is ahead of the scripts or at an unknown revision", function()
     local d = fresh("ahead")
     local dir = copy_migrations()
-    write(dir .. "/0003_f00000000003_newer.lua", 'return { revision = "f00000000003", down_revision = "' .. REV2 ..
+    write(dir .. "/0004_f00000000003_newer.lua", 'return { revision = "f00000000003", down_revision = "' .. REV3 ..
       '", message = "newer", up = function(op) op.execute("select 1") end, down = function(op) end }')
     migrate.upgrade(d.manager, "head", { dir = dir })
     local err = raises(migrate.check_schema_version_on_startup, d.manager, { dir = MIGRATIONS })
     assert.equal("schema_ahead", err.kind)
     assert.equal("Database schema is newer than this Caracal! Current revision: f00000000003, Head revision: " ..
-      REV2 .. ": the database was upgraded by a newer version; run that version, or downgrade the database with it",
+      REV3 .. ": the database was upgraded by a newer version; run that version, or downgrade the database with it",
       err.message)
     assert.equal("schema_ahead", raises(migrate.upgrade, d.manager, "head", { dir = MIGRATIONS }).kind)
 
@@ -804,18 +806,18 @@ insert into ledger_events (agent_id, "timestamp", resource_type, quantity, cost,
     local info = migrate.current(d.manager, { dir = MIGRATIONS })
     assert.equal(REV1, info.revision)
     assert.equal("h7i8j9k0l1m2", info.adoptable)
-    assert.equal(1, info.pending)
+    assert.equal(2, info.pending)
     assert.is_nil(d.scalar("select to_regclass('caracal_migrations')::text")) -- reading wrote nothing
-    assert.equal("Database schema is outdated! Current revision: " .. REV1 .. ", Head revision: " .. REV2 ..
-      ", Pending migrations: 1, run 'caracal db upgrade head'",
+    assert.equal("Database schema is outdated! Current revision: " .. REV1 .. ", Head revision: " .. REV3 ..
+      ", Pending migrations: 2, run 'caracal db upgrade head'",
       raises(migrate.check_schema_version_on_startup, d.manager, { dir = MIGRATIONS }).message)
 
     local events = {}
     local res = migrate.upgrade(d.manager, "head", { dir = MIGRATIONS,
       progress = function(ev) events[#events + 1] = ev.event end })
     assert.equal(REV1, res.adopted)
-    assert.equal(1, #res.applied)
-    assert.same({ "adopt", "start", "done" }, events)
+    assert.equal(2, #res.applied)
+    assert.same({ "adopt", "start", "done", "start", "done" }, events)
     local rows = d.sql("select revision::text as revision, applied_by, checksum from caracal_migrations order by applied_at, revision")
     assert.equal(REV1, rows[1].revision)
     assert.matches("^caracal %(adopted from alembic h7i8j9k0l1m2 by ", rows[1].applied_by)
@@ -870,7 +872,7 @@ describe("migrate options and the command line in process", function()
     local answers = {}
     local ctx = { manager = function() return d.manager end, isatty = function() return true end,
                   read_line = function() return table.remove(answers, 1) end }
-    local rc, out = main({ "upgrade", "head", "--dir", MIGRATIONS }, ctx)
+    local rc, out = main({ "upgrade", REV2, "--dir", MIGRATIONS }, ctx)
     assert.equal(0, rc)
     assert.matches("^%[1/2%] Applying 0001 v0%.5 baseline %.%.%. done %(%d+ ms%)\n" ..
                    "%[2/2%] Applying 0002 hardening %.%.%. done %(%d+ ms%)\n" ..

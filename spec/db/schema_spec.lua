@@ -9,7 +9,7 @@ local migrate = require "caracal.migrate"
 local testdb = require "testdb"
 
 local MIGRATIONS = (os.getenv("CARACAL_ROOT") or ".") .. "/migrations"
-local REV1 = "5f3c8a1e9b20"
+local REV1, REV2 = "5f3c8a1e9b20", "a7d4e2c91f06"
 
 local admin
 local function admin_exec(sql)
@@ -284,16 +284,17 @@ describe("the schema the migrations build", function()
       "where not t.tgisinternal")[1].n)
   end)
 
-  it("matches schema.md's hardening at head, and revision 2's down restores revision 1", function()
-    migrate.upgrade(d.manager, "head", { dir = MIGRATIONS })
-    for tbl in pairs(REVISION_1) do
-      assert.same(sorted(head_expectation(tbl)), actual(d.manager, tbl), tbl)
+  -- The triggers of the tables that are not partitions, as psql shows them.
+  local function triggers_of(m)
+    local out = {}
+    for _, r in ipairs(m:execute([[select c.relname::text || ' ' || pg_get_triggerdef(t.oid) as t
+        from pg_trigger t join pg_class c on c.oid = t.tgrelid where not t.tgisinternal and not c.relispartition
+        order by 1]])) do
+      out[#out + 1] = r.t
     end
-    local triggers = {}
-    for _, r in ipairs(d.manager:execute([[select c.relname::text || ' ' || pg_get_triggerdef(t.oid) as t
-        from pg_trigger t join pg_class c on c.oid = t.tgrelid where not t.tgisinternal order by 1]])) do
-      triggers[#triggers + 1] = r.t
-    end
+    return out
+  end
+  local function revision2_triggers()
     local expected = {}
     for _, l in ipairs({ { "audit_logs", "" }, { "authority_ledger_events", "'merkle_root_id'" },
                          { "ledger_events", "'merkle_root_id'" } }) do
@@ -303,13 +304,56 @@ describe("the schema the migrations build", function()
         "FOR EACH STATEMENT EXECUTE FUNCTION caracal_ledger_append_only()", l[1], l[1], l[1])
     end
     table.sort(expected)
-    assert.same(expected, triggers)
+    return expected
+  end
+
+  it("matches schema.md's hardening at revision 2, and revision 2's down restores revision 1", function()
+    migrate.upgrade(d.manager, REV2, { dir = MIGRATIONS })
+    for tbl in pairs(REVISION_1) do
+      assert.same(sorted(head_expectation(tbl)), actual(d.manager, tbl), tbl)
+    end
+    assert.same(revision2_triggers(), triggers_of(d.manager))
 
     migrate.downgrade(d.manager, REV1, { dir = MIGRATIONS })
     for tbl, e in pairs(REVISION_1) do
       assert.same(sorted(e), actual(d.manager, tbl), tbl)
     end
     assert.equal(0, d.manager:execute("select count(*) as n from pg_proc where proname = 'caracal_ledger_append_only'")[1].n)
+  end)
+
+  it("at head (revision 3) partitions the two ledgers by month and keeps everything else of revision 2", function()
+    migrate.upgrade(d.manager, "head", { dir = MIGRATIONS })
+    local ledgers = { ledger_events = true, authority_ledger_events = true }
+    for tbl in pairs(REVISION_1) do
+      local e = head_expectation(tbl)
+      if ledgers[tbl] then
+        -- The primary key holds the partition key; nothing else changes.
+        for i, v in ipairs(e.indexes) do
+          if v == tbl .. "_pkey UNIQUE (event_id)" then e.indexes[i] = tbl .. "_pkey UNIQUE (event_id, timestamp)" end
+        end
+        for i, v in ipairs(e.constraints) do
+          if v == tbl .. "_pkey PRIMARY KEY (event_id)" then
+            e.constraints[i] = tbl .. '_pkey PRIMARY KEY (event_id, "timestamp")'
+          end
+        end
+        assert.equal("RANGE (\"timestamp\")",
+          d.manager:execute("select pg_get_partkeydef($1::text::regclass) as k", tbl)[1].k)
+      end
+      assert.same(sorted(e), actual(d.manager, tbl), tbl)
+    end
+    assert.same(revision2_triggers(), triggers_of(d.manager))
+    -- Every partition carries both guards (TRUNCATE triggers are not cloned by PostgreSQL).
+    local missing = d.manager:execute([[select c.relname::text as p from pg_class c where c.relispartition
+        and c.relkind = 'r' and (select count(*) from pg_trigger t where t.tgrelid = c.oid and not t.tgisinternal) <> 2]])
+    assert.equal(0, #missing, missing[1] and missing[1].p)
+    assert.is_true(d.manager:execute("select count(*) as n from pg_class where relispartition and relkind = 'r'")[1].n >= 10)
+
+    migrate.downgrade(d.manager, REV2, { dir = MIGRATIONS })
+    for tbl in pairs(REVISION_1) do
+      assert.same(sorted(head_expectation(tbl)), actual(d.manager, tbl), tbl)
+    end
+    assert.same(revision2_triggers(), triggers_of(d.manager))
+    assert.equal(0, d.manager:execute("select count(*) as n from pg_class where relispartition")[1].n)
   end)
 end)
 

@@ -8,7 +8,7 @@ local testdb = require "testdb"
 local BIN = testdb.bin
 local ROOT = os.getenv("CARACAL_ROOT") or "."
 local MIGRATIONS = ROOT .. "/migrations"
-local REV1, REV2 = "5f3c8a1e9b20", "a7d4e2c91f06"
+local REV1, REV2, REV3 = "5f3c8a1e9b20", "a7d4e2c91f06", "c3b8f1d27a94"
 local q = testdb.shell_quote
 
 -- Output (stdout and stderr apart) and exit code of a shell command.
@@ -108,8 +108,8 @@ describe("caracal db", function()
     assert.matches("^%-%- caracal db upgrade head %-%-sql", out)
     local _, begins = out:gsub("\nBEGIN;\n", "")
     local _, commits = out:gsub("\nCOMMIT;\n", "")
-    assert.equal(3, begins) -- the history table, then one per revision
-    assert.equal(3, commits)
+    assert.equal(4, begins) -- the history table, then one per revision
+    assert.equal(4, commits)
     assert.matches("INSERT INTO caracal_migrations", out, 1, true)
     _, err, rc = caracal_db("downgrade base --sql --dir " .. q(MIGRATIONS))
     assert.equal(2, rc)
@@ -125,14 +125,14 @@ describe("caracal db", function()
     local out, err, rc = caracal_db("current --json" .. dir)
     assert.equal(0, rc, err)
     local info = core.json_decode(out)
-    assert.equal(2, info.pending)
-    assert.equal(REV2, info.head)
+    assert.equal(3, info.pending)
+    assert.equal(REV3, info.head)
     assert.is_nil(info.revision)
 
     out, err, rc = caracal_db("check" .. dir)
     assert.equal(1, rc)
-    assert.matches("2 pending migrations: 0001 " .. REV1 .. " (v0.5 baseline), 0002 " .. REV2 ..
-      " (hardening); run 'caracal db upgrade head'", out, 1, true)
+    assert.matches("3 pending migrations: 0001 " .. REV1 .. " (v0.5 baseline), 0002 " .. REV2 ..
+      " (hardening), 0003 " .. REV3 .. " (partitioned ledgers); run 'caracal db upgrade head'", out, 1, true)
 
     out, err, rc = caracal_db("upgrade +1" .. dir)
     assert.equal(0, rc, err)
@@ -142,21 +142,21 @@ describe("caracal db", function()
     assert.matches("applied 0002 " .. REV2 .. " hardening", out, 1, true)
     out, _, rc = caracal_db("upgrade head" .. dir)
     assert.equal(0, rc)
-    assert.equal("nothing to do: the database is at " .. REV2 .. "\n", out)
+    assert.equal("nothing to do: the database is at " .. REV3 .. "\n", out)
 
     out, err, rc = caracal_db("check --json" .. dir)
     assert.equal(0, rc, err)
     assert.is_true(core.json_decode(out).ok)
     out, _, rc = caracal_db("current" .. dir)
     assert.equal(0, rc)
-    assert.equal(REV2 .. " (0002 hardening) (head)\n", out)
+    assert.equal(REV3 .. " (0003 partitioned ledgers) (head)\n", out)
     out, _, rc = caracal_db("history -v" .. dir)
     assert.equal(0, rc)
-    assert.matches("0002 " .. REV2 .. " hardening (current) (head)  [applied]", out, 1, true)
+    assert.matches("0003 " .. REV3 .. " partitioned ledgers (current) (head)  [applied]", out, 1, true)
     assert.matches("checksum %x+", out)
     out, _, rc = caracal_db("heads --dir " .. q(MIGRATIONS))
     assert.equal(0, rc)
-    assert.equal(REV2 .. " (0002 hardening) 0002_a7d4e2c91f06_hardening.lua\n", out)
+    assert.equal(REV3 .. " (0003 partitioned ledgers) 0003_c3b8f1d27a94_partitioned_ledgers.lua\n", out)
     -- The default folder comes from CARACAL_MIGRATIONS_DIR.
     out, err, rc = caracal_db("current --url " .. q(url), "CARACAL_MIGRATIONS_DIR=" .. q(MIGRATIONS))
     assert.equal(0, rc, err)
@@ -166,7 +166,7 @@ describe("caracal db", function()
   it("asks before a downgrade and refuses without --yes when stdin is not a terminal", function()
     local _, url = fresh()
     local dir = " --dir " .. q(MIGRATIONS) .. " --url " .. q(url)
-    assert.equal(0, select(3, caracal_db("upgrade head" .. dir)))
+    assert.equal(0, select(3, caracal_db("upgrade " .. REV2 .. dir)))
     local _, err, rc = caracal_db("downgrade -1" .. dir)
     assert.equal(2, rc)
     assert.matches("refusing to downgrade from 0002 " .. REV2 .. " (hardening) to 0001 " .. REV1 ..
@@ -235,9 +235,9 @@ describe("caracal db", function()
     local out, err, rc = caracal_db("revision -m " .. q("add widgets") .. " --dir " .. q(dir))
     assert.equal(0, rc, err)
     local path, rev = out:match("^created (%S+) %(revision (%x+)%)\n$")
-    assert.equal(dir .. "/0003_" .. rev .. "_add_widgets.lua", path)
+    assert.equal(dir .. "/0004_" .. rev .. "_add_widgets.lua", path)
     out, err, rc = caracal_db("heads --dir " .. q(dir))
     assert.equal(0, rc, err)
-    assert.equal(rev .. " (0003 add widgets) 0003_" .. rev .. "_add_widgets.lua\n", out)
+    assert.equal(rev .. " (0004 add widgets) 0004_" .. rev .. "_add_widgets.lua\n", out)
   end)
 end)
