@@ -15,34 +15,10 @@ local REV1, REV2, REV3 = "5f3c8a1e9b20", "a7d4e2c91f06", "c3b8f1d27a94"
 -- Helpers: fresh databases, temp migration folders, subprocesses
 ---------------------------------------------------------------------------
 
-local admin
-local function admin_exec(sql)
-  admin = admin or testdb.manager({ pool_size = 1, max_overflow = 0 })
-  local s = admin:session()
-  local ok, err = pcall(function() return s:connection():exec_script(sql) end)
-  s:close()
-  if not ok then error(err, 0) end
-end
-
 local dbs = {}
 -- A new empty database and a manager on it (dropped in teardown).
 local function fresh(prefix)
-  local name = ("mig_%s_%s"):format(prefix or "t", core.uuid4():sub(1, 8))
-  admin_exec("create database " .. name)
-  local url = testdb.url:gsub("/[^/]*$", "/" .. name)
-  local m = db.create_connection_manager({ url = url, pool_size = 3, max_overflow = 2, pool_timeout = 5 })
-  local d = { name = name, url = url, manager = m }
-  function d.sql(sql, ...) return m:execute(sql, ...) end
-  function d.scalar(sql, ...)
-    local rows = m:execute(sql, ...)
-    return rows[1] and rows[1][rows.columns[1]]
-  end
-  function d.drop()
-    if d.dropped then return end
-    d.dropped = true
-    m:close()
-    admin_exec("drop database if exists " .. name .. " with (force)")
-  end
+  local d = testdb.fresh_database("mig_" .. (prefix or "t"), { pool_size = 3, max_overflow = 2, pool_timeout = 5 })
   dbs[#dbs + 1] = d
   return d
 end
@@ -168,7 +144,6 @@ end
 teardown(function()
   for _, d in ipairs(dbs) do pcall(d.drop) end
   for _, t in ipairs(temps) do sh("rm -rf " .. q(t)) end
-  if admin then admin:close() end
 end)
 
 ---------------------------------------------------------------------------

@@ -11,29 +11,10 @@ local testdb = require "testdb"
 local MIGRATIONS = (os.getenv("CARACAL_ROOT") or ".") .. "/migrations"
 local REV1, REV2 = "5f3c8a1e9b20", "a7d4e2c91f06"
 
-local admin
-local function admin_exec(sql)
-  admin = admin or testdb.manager({ pool_size = 1, max_overflow = 0 })
-  local s = admin:session()
-  local ok, err = pcall(function() return s:connection():exec_script(sql) end)
-  s:close()
-  if not ok then error(err, 0) end
-end
-
 -- A fresh database: name, manager, drop().
 local function fresh(prefix)
-  local name = ("schema_%s_%s"):format(prefix, core.uuid4():sub(1, 8))
-  admin_exec("create database " .. name)
-  local m = db.create_connection_manager({ url = testdb.url:gsub("/[^/]*$", "/" .. name), pool_size = 3 })
-  return { name = name, manager = m, drop = function()
-    m:close()
-    admin_exec("drop database if exists " .. name .. " with (force)")
-  end }
+  return testdb.fresh_database("schema_" .. prefix, { pool_size = 3 })
 end
-
-teardown(function()
-  if admin then admin:close() end
-end)
 
 ---------------------------------------------------------------------------
 -- schema.md, revision 1: "column type NULL|NOT NULL [DEFAULT ...]" in order

@@ -38,21 +38,11 @@ local function caracal_db(args, env)
     args .. " </dev/null")
 end
 
-local admin
 local dbs, temps = {}, {}
-local function admin_exec(sql)
-  admin = admin or testdb.manager({ pool_size = 1, max_overflow = 0 })
-  local s = admin:session()
-  local ok, err = pcall(function() return s:connection():exec_script(sql) end)
-  s:close()
-  if not ok then error(err, 0) end
-end
-
 local function fresh()
-  local name = "cli_" .. core.uuid4():sub(1, 8)
-  admin_exec("create database " .. name)
-  dbs[#dbs + 1] = name
-  return name, (testdb.url:gsub("/[^/]*$", "/" .. name))
+  local d = testdb.fresh_database("cli", { pool_size = 1, max_overflow = 0 })
+  dbs[#dbs + 1] = d
+  return d.name, d.url
 end
 
 local function scalar(url, sql)
@@ -70,9 +60,8 @@ local function tmpdir()
 end
 
 teardown(function()
-  for _, name in ipairs(dbs) do pcall(admin_exec, "drop database if exists " .. name .. " with (force)") end
+  for _, d in ipairs(dbs) do pcall(d.drop) end
   for _, d in ipairs(temps) do run("rm -rf " .. q(d)) end
-  if admin then admin:close() end
 end)
 
 describe("caracal db", function()

@@ -45,10 +45,16 @@ function M.fresh_database(prefix, opts)
   local url = M.url:gsub("/[^/?]*$", "/" .. name, 1)
   local d = { name = name, url = url }
   d.manager = db.create_connection_manager({ url = url, pool_size = opts.pool_size or 4,
-                                             max_overflow = opts.max_overflow or 4, pool_timeout = 10 })
+                                             max_overflow = opts.max_overflow or 4,
+                                             pool_timeout = opts.pool_timeout or 10 })
   if opts.migrate then
     local root = os.getenv("CARACAL_ROOT") or "."
     require("caracal.migrate").upgrade(d.manager, opts.migrate, { dir = root .. "/migrations" })
+  end
+  function d.sql(sql, ...) return d.manager:execute(sql, ...) end
+  function d.scalar(sql, ...)
+    local rows = d.manager:execute(sql, ...)
+    return rows[1] and rows[1][rows.columns[1]]
   end
   function d.drop()
     if d.dropped then return end
