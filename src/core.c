@@ -68,6 +68,8 @@ int luaopen_caracal_core(lua_State *L) {
   luaL_newlib(L, core_funcs);
   lua_pushliteral(L, CARACAL_VERSION);
   lua_setfield(L, -2, "version");
+  lua_pushinteger(L, CARACAL_MAX_PARAMS);
+  lua_setfield(L, -2, "max_params");
   lua_pushliteral(L, CARACAL_LUA_DIR);
   lua_setfield(L, -2, "lua_dir");
   lua_pushliteral(L, CARACAL_MIGRATIONS_DIR);

@@ -198,6 +198,11 @@ bool res_binary_ok(const PGresult *desc);
  * it), integers exactly, floats with all their digits, booleans as t/f,
  * Decimals, Instants exactly, tables as JSON. nil is NULL. Raises a Lua
  * error naming the parameter on a value it cannot send. */
+/* Parameters one statement may take: libpq reads a ParameterDescription
+ * of at most 30000 bytes, 4 per parameter (the protocol's own limit,
+ * 65535, is never reached). */
+#define CARACAL_MAX_PARAMS 7498
+
 typedef struct Params {
   int n;
   const char **values;

@@ -381,6 +381,9 @@ static void encode_number(Encoder *e, int idx) {
       snprintf(buf, sizeof buf, "%.*g", prec, v);
       if (strtod(buf, NULL) == v) break;
     }
+    /* A float that prints like an integer (100, -0) keeps a fraction, so
+     * it reads back as a float, as Python writes it (100.0, -0.0). */
+    if (!strpbrk(buf, ".eE")) strcat(buf, ".0");
   }
   jb_addstring(e->b, buf);
 }

@@ -512,6 +512,12 @@ static int exec_start(lua_State *L, bool script) {
   if (PQtransactionStatus(pg) == PQTRANS_ACTIVE)
     return luaL_error(L, "the connection is busy: a statement is still running on it "
                          "(another coroutine is using it)");
+  /* libpq refuses a ParameterDescription longer than 30000 bytes and then
+   * drops the connection ("lost synchronization"), so refuse here, before
+   * anything is sent, what the server would describe at 4 bytes each. */
+  if (!script && lua_gettop(L) - 2 > CARACAL_MAX_PARAMS)
+    return luaL_error(L, "too many parameters: %d (at most %d in one statement; use "
+                         "session:bulk_insert or COPY for bulk data)", lua_gettop(L) - 2, CARACAL_MAX_PARAMS);
   Exec *e = lua_newuserdatauv(L, sizeof *e, 0);
   memset(e, 0, sizeof *e);
   luaL_setmetatable(L, EXEC_MT);

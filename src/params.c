@@ -22,8 +22,6 @@
 #define OID_JSONB 3802
 #define OID_FLOAT4 700
 #define OID_FLOAT8 701
-/* The wire protocol counts parameters in 16 bits. */
-#define MAX_PARAMS 65535
 
 /* PostgreSQL array literal from a Lua sequence ({1,2} -> {"1","2"}). */
 static void push_array_literal(lua_State *L, int idx, int i);
@@ -159,8 +157,8 @@ static void push_array_literal(lua_State *L, int idx, int i) {
 }
 
 void param_collect(lua_State *L, int first, int n, const Oid *types, Params *p) {
-  if (n > MAX_PARAMS)
-    luaL_error(L, "too many parameters: %d (the protocol allows at most %d)", n, MAX_PARAMS);
+  if (n > CARACAL_MAX_PARAMS)
+    luaL_error(L, "too many parameters: %d (at most %d in one statement)", n, CARACAL_MAX_PARAMS);
   p->n = n;
   if (n == 0) {
     p->values = NULL;
