@@ -82,7 +82,7 @@ $(BUILD)/lua/caracal/core.so: $(LIB_OBJ) | $(BUILD)/lua/caracal
 $(BUILD)/caracal: $(HOST_OBJ) $(BUILD)/libcaracal.a
 	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(BUILD)/libcaracal.a $(LUA_LIBS) -lreadline $(LDLIBS)
 
-$(BUILD)/tests/%: spec/c/%.c spec/c/tap.h $(BUILD)/libcaracal.a | $(BUILD)/tests
+$(BUILD)/tests/%: spec/c/%.c spec/c/tap.h spec/c/testpool.h $(BUILD)/libcaracal.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcaracal.a $(LUA_LIBS) $(LDLIBS)
 
 $(BUILD)/examples/%: examples/%.c $(BUILD)/libcaracal.a | $(BUILD)/examples
@@ -174,7 +174,7 @@ $(REL)/proxy: spec/reliability/proxy.c
 	@mkdir -p $(dir $@)
 	$(CC) -O1 -g -std=c11 -Wall -Wextra -Werror -o $@ $<
 
-$(REL)/test_load: spec/reliability/test_load.c spec/c/tap.h $(BUILD)/libcaracal.a
+$(REL)/test_load: spec/reliability/test_load.c spec/c/tap.h spec/c/testpool.h $(BUILD)/libcaracal.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcaracal.a $(LUA_LIBS) $(LDLIBS)
 

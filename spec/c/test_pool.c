@@ -15,53 +15,13 @@
 
 #include "caracal.h"
 #include "tap.h"
+#include "testpool.h"
 
 static const char *kw[] = {"host", "port", "dbname", "user", "application_name", NULL};
 static const char *vals[] = {NULL, NULL, "caracal", "caracal", "caracal-test-pool", NULL};
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static caracal_Pool *make_pool(int size, int overflow, double timeout, caracal_PoolConfig *extra) {
-  caracal_PoolConfig cfg;
-  if (extra) cfg = *extra;
-  else caracal_pool_config_init(&cfg);
-  cfg.keywords = kw;
-  cfg.values = vals;
-  cfg.pool_size = size;
-  cfg.max_overflow = overflow;
-  cfg.pool_timeout = timeout;
-  caracal_Pool *p = NULL;
-  char err[256];
-  if (caracal_pool_new(&cfg, &p, err, sizeof err) != CARACAL_OK) {
-    printf("# pool_new: %s\n", err);
-    exit(1);
-  }
-  return p;
-}
-
-static caracal_Conn *checkout(caracal_Pool *p, const char *holder) {
-  caracal_Conn *c = NULL;
-  char err[1024];
-  int rc = caracal_pool_checkout(p, holder, &c, err, sizeof err);
-  if (rc != CARACAL_OK) printf("# checkout failed: %s\n", err);
-  return c;
-}
-
-static long scalar(caracal_Conn *c, const char *sql) {
-  PGresult *r = PQexec(caracal_conn_pg(c), sql);
-  long v = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) ? atol(PQgetvalue(r, 0, 0)) : -1;
-  PQclear(r);
-  return v;
-}
-
-static caracal_PoolStatus status(caracal_Pool *p) {
-  caracal_PoolStatus st;
-  caracal_pool_status(p, &st);
-  return st;
+  return pool_from(kw, vals, size, overflow, timeout, extra);
 }
 
 TEST(exhaustion_times_out_naming_holders) {

@@ -33,15 +33,10 @@
 
 #include "caracal.h"
 #include "../c/tap.h"
+#include "../c/testpool.h"
 
 static const char *host, *port;
 static double load_seconds = 5;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* One line of the reliability report (JSON; the strings here need no
  * escaping beyond what is done). */
@@ -61,20 +56,7 @@ static void report(const char *id, const char *fault, const char *expected, cons
 }
 
 static caracal_Pool *make_pool_kv(const char **kw, const char **vals, int size, int overflow, double timeout) {
-  caracal_PoolConfig cfg;
-  caracal_pool_config_init(&cfg);
-  cfg.keywords = kw;
-  cfg.values = vals;
-  cfg.pool_size = size;
-  cfg.max_overflow = overflow;
-  cfg.pool_timeout = timeout;
-  caracal_Pool *p = NULL;
-  char err[512];
-  if (caracal_pool_new(&cfg, &p, err, sizeof err) != CARACAL_OK) {
-    printf("# pool_new: %s\n", err);
-    exit(1);
-  }
-  return p;
+  return pool_from(kw, vals, size, overflow, timeout, NULL);
 }
 
 static const char *kw[] = {"host", "port", "dbname", "user", "application_name", NULL};
@@ -84,32 +66,11 @@ static caracal_Pool *make_pool(int size, int overflow, double timeout) {
   return make_pool_kv(kw, vals, size, overflow, timeout);
 }
 
-static caracal_Conn *checkout(caracal_Pool *p, const char *holder) {
-  caracal_Conn *c = NULL;
-  char err[1024];
-  int rc = caracal_pool_checkout(p, holder, &c, err, sizeof err);
-  if (rc != CARACAL_OK) printf("# checkout failed (%d): %s\n", rc, err);
-  return c;
-}
-
 static int exec_ok(caracal_Conn *c, const char *sql) {
   PGresult *r = PQexec(caracal_conn_pg(c), sql);
   int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
   PQclear(r);
   return ok;
-}
-
-static long scalar(caracal_Conn *c, const char *sql) {
-  PGresult *r = PQexec(caracal_conn_pg(c), sql);
-  long v = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) ? atol(PQgetvalue(r, 0, 0)) : -1;
-  PQclear(r);
-  return v;
-}
-
-static caracal_PoolStatus status(caracal_Pool *p) {
-  caracal_PoolStatus st;
-  caracal_pool_status(p, &st);
-  return st;
 }
 
 /* ---- a sampler: counters consistent at every sample ------------------- */
