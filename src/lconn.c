@@ -515,9 +515,16 @@ static int exec_start(lua_State *L, bool script) {
   /* libpq refuses a ParameterDescription longer than 30000 bytes and then
    * drops the connection ("lost synchronization"), so refuse here, before
    * anything is sent, what the server would describe at 4 bytes each. */
-  if (!script && lua_gettop(L) - 2 > CARACAL_MAX_PARAMS)
-    return luaL_error(L, "too many parameters: %d (at most %d in one statement; use "
-                         "session:bulk_insert or COPY for bulk data)", lua_gettop(L) - 2, CARACAL_MAX_PARAMS);
+  if (!script && lua_gettop(L) - 2 > CARACAL_MAX_PARAMS) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "too many parameters: %d (at most %d in one statement); use "
+             "session:bulk_insert, COPY or several statements", lua_gettop(L) - 2, CARACAL_MAX_PARAMS);
+    err_push_simple(L, NULL, msg);
+    lua_pushliteral(L, "too_many_parameters");
+    lua_setfield(L, -2, "kind");
+    err_set_where(L, 1);
+    return lua_error(L);
+  }
   Exec *e = lua_newuserdatauv(L, sizeof *e, 0);
   memset(e, 0, sizeof *e);
   luaL_setmetatable(L, EXEC_MT);

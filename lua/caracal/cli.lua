@@ -203,16 +203,21 @@ end
 
 local commands = {}
 
+-- The manager for opts, or nil after printing why it cannot be made.
+local function manager_or_report(opts)
+  local ok, manager = pcall(M.manager, opts)
+  if ok then return manager end
+  stderr("caracal: %s\n", M.format_error(manager))
+  return nil
+end
+
 function commands.health(opts, args)
   if args[1] == "--help" then
     io.write("Usage: caracal health\nExit 0 when the database answers SELECT 1, 1 otherwise.\n")
     return 0
   end
-  local ok, manager = pcall(M.manager, opts)
-  if not ok then
-    stderr("caracal: %s\n", M.format_error(manager))
-    return 1
-  end
+  local manager = manager_or_report(opts)
+  if not manager then return 1 end
   local healthy = manager:health_check()
   io.write(healthy and "ok\n" or "unhealthy\n")
   return healthy and 0 or 1
@@ -224,11 +229,8 @@ function commands.status(opts, args)
              "schema revision and pending migrations. Exit 1 when the database cannot be reached.\n")
     return 0
   end
-  local ok_m, manager = pcall(M.manager, opts)
-  if not ok_m then
-    stderr("caracal: %s\n", M.format_error(manager))
-    return 1
-  end
+  local manager = manager_or_report(opts)
+  if not manager then return 1 end
   local info = { url = manager.config:masked_url() }
   local ok, err = pcall(function()
     manager:session_scope(function(s)

@@ -172,9 +172,6 @@ function Session:execute(sql, ...)
   check_open(self)
   if type(sql) ~= "string" then error("bad argument #1 to 'execute' (string expected, got " .. type(sql) .. ")", 2) end
   -- The wire protocol counts parameters in 16 bits: refuse before anything is sent.
-  if select("#", ...) > core.max_params then raise { kind = "too_many_parameters", message = string.format(
-    "too many parameters: %d (at most %d in one statement); use session:bulk_insert, COPY or several statements",
-    select("#", ...), core.max_params) } end
   check_pooler(self, sql)
   if #self.pending > 0 and self.flush then self:flush() end
   ensure_transaction(self)

@@ -490,30 +490,25 @@ function Repl:begin()
   out("BEGIN\n")
 end
 
---- `commit()`: commit the open transaction. A transaction that had
--- failed is rolled back by the server and reported as an error (25P02).
-function Repl:commit()
+-- End the explicit transaction with the session's method ("commit" or
+-- "rollback"), echoing the word psql prints.
+local function end_transaction(self, method, word)
   local s = self.session_
   self.explicit = false
   if not s or s.closed or s:transaction_state() == "none" then
     err_out("WARNING:  there is no transaction in progress\n")
     return
   end
-  s:commit()
-  out("COMMIT\n")
+  s[method](s)
+  out(word, "\n")
 end
 
+--- `commit()`: commit the open transaction. A transaction that had
+-- failed is rolled back by the server and reported as an error (25P02).
+function Repl:commit() end_transaction(self, "commit", "COMMIT") end
+
 --- `rollback()`: roll back the open transaction.
-function Repl:rollback()
-  local s = self.session_
-  self.explicit = false
-  if not s or s.closed or s:transaction_state() == "none" then
-    err_out("WARNING:  there is no transaction in progress\n")
-    return
-  end
-  s:rollback()
-  out("ROLLBACK\n")
-end
+function Repl:rollback() end_transaction(self, "rollback", "ROLLBACK") end
 
 --- `models()`: the declared models and their tables, when
 -- `caracal.models` is available; otherwise says so.
