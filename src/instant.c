@@ -42,7 +42,7 @@ static int64_t days_from_civil(int64_t y, int m, int d) {
 }
 
 /* The inverse of days_from_civil. */
-static void civil_from_days(int64_t z, int64_t *y, int *m, int *d) {
+void inst_civil_from_days(int64_t z, int64_t *y, int *m, int *d) {
   z += 719468;
   int64_t era = (z >= 0 ? z : z - 146096) / 146097;
   int64_t doe = z - era * 146097;
@@ -71,7 +71,7 @@ static void to_civil(int64_t us, Civil *c) {
     rem += US_PER_DAY;
     days--;
   }
-  civil_from_days(days, &c->year, &c->month, &c->day);
+  inst_civil_from_days(days, &c->year, &c->month, &c->day);
   c->usec = (int)(rem % US_PER_SEC);
   int64_t secs = rem / US_PER_SEC;
   c->hour = (int)(secs / 3600);

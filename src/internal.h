@@ -147,6 +147,8 @@ int64_t inst_get(lua_State *L, int idx); /* raises when not an Instant */
 int inst_parse(const char *s, size_t len, int64_t *out);
 /* Format for PostgreSQL parameters: "2024-01-02 03:04:05.123456+00". */
 size_t inst_format_pg(int64_t micros, char *buf, size_t buflen);
+/* Days since 1970-01-01 to a civil (proleptic Gregorian) date. */
+void inst_civil_from_days(int64_t days, int64_t *year, int *month, int *day);
 /* PostgreSQL's binary timestamp epoch (2000-01-01) in Unix microseconds. */
 #define INST_PG_EPOCH_US INT64_C(946684800000000)
 void inst_open(lua_State *L);

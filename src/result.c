@@ -11,6 +11,7 @@
  * table, SQL NULL nil (NULL array elements are core.null).
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,18 +84,13 @@ static uint32_t be32(const char *p) {
 static uint64_t be64(const char *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
 
 static void push_date(lua_State *L, int64_t days_since_2000) {
-  /* Days since 1970 to civil date (Howard Hinnant's algorithm). */
-  int64_t z = days_since_2000 + 10957 + 719468;
-  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  int64_t doe = z - era * 146097;
-  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t y = yoe + era * 400;
-  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  int64_t mp = (5 * doy + 2) / 153;
-  int64_t d = doy - (153 * mp + 2) / 5 + 1;
-  int64_t m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) y++;
-  lua_pushfstring(L, "%04d-%02d-%02d", (int)y, (int)m, (int)d);
+  int64_t y;
+  int m, d;
+  char buf[32];
+  inst_civil_from_days(days_since_2000 + 10957, &y, &m, &d); /* 10957 days: 1970 to 2000 */
+  /* snprintf, not lua_pushfstring: that one has no widths or padding. */
+  snprintf(buf, sizeof buf, "%04lld-%02d-%02d", (long long)y, m, d);
+  lua_pushstring(L, buf);
 }
 
 static void push_binary(lua_State *L, Oid t, const char *v, int len);

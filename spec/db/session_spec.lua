@@ -197,6 +197,12 @@ describe("sessions and transaction scopes", function()
     assert.is_nil(r.missing)
   end)
 
+  it("decodes dates across leap days, before 1970 and at year 1", function()
+    local r = m:execute("select $1::date as a, $2::date as b, $3::date as c, 'infinity'::date as d",
+                        "2024-02-29", "1969-12-31", "0001-01-01")[1]
+    assert.same({ "2024-02-29", "1969-12-31", "0001-01-01", "infinity" }, { r.a, r.b, r.c, r.d })
+  end)
+
   it("decodes instants the same whatever the session's TimeZone and DateStyle", function()
     m:session_scope(function(s)
       s:execute("set local timezone = 'Asia/Tokyo'")
